@@ -1,0 +1,163 @@
+package quota
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Errors returned by the package. Match them with errors.Is: the errors
+// returned wrap them with the operation and the offending name.
+var (
+	// ErrClosed is returned by every method of a Quota or Store after
+	// Close.
+	ErrClosed = errors.New("quota: closed")
+
+	// ErrNilContext is returned when a method is given a nil context.
+	ErrNilContext = errors.New("quota: nil context")
+
+	// ErrNilStore is returned by New when given a nil store.
+	ErrNilStore = errors.New("quota: nil store")
+
+	// ErrInvalidSubject reports a subject that is empty, longer than
+	// MaxNameLen bytes, not valid UTF-8 or holding a control character.
+	ErrInvalidSubject = errors.New("quota: invalid subject")
+
+	// ErrInvalidAction reports an action name that breaks the same rules.
+	ErrInvalidAction = errors.New("quota: invalid action")
+
+	// ErrInvalidKey reports an idempotency key that breaks the same rules.
+	ErrInvalidKey = errors.New("quota: invalid idempotency key")
+
+	// ErrInvalidName reports any other name (a feature, a resource id, a
+	// time zone) that breaks the same rules.
+	ErrInvalidName = errors.New("quota: invalid name")
+
+	// ErrInvalidAmount reports an amount that is zero, larger than
+	// MaxAmount in either direction, or negative where the action has no
+	// allocation limit (or in Reserve).
+	ErrInvalidAmount = errors.New("quota: invalid amount")
+
+	// ErrInvalidMetadata reports metadata that cannot be encoded as a JSON
+	// object or whose encoding is larger than MaxMetadataLen bytes.
+	ErrInvalidMetadata = errors.New("quota: invalid metadata")
+
+	// ErrInvalidPlan reports an invalid plan or catalog (see PlanError).
+	ErrInvalidPlan = errors.New("quota: invalid plan")
+
+	// ErrInvalidSubscription reports a subscription with an invalid
+	// anchor, time zone or override.
+	ErrInvalidSubscription = errors.New("quota: invalid subscription")
+
+	// ErrUnknownPlan reports a plan name the catalog does not define.
+	ErrUnknownPlan = errors.New("quota: unknown plan")
+
+	// ErrUnknownAction reports an action that no plan of the catalog
+	// limits.
+	ErrUnknownAction = errors.New("quota: unknown action")
+
+	// ErrNoSubscription reports a subject that has no subscription while
+	// the Quota has no default plan.
+	ErrNoSubscription = errors.New("quota: no subscription")
+
+	// ErrIdempotencyConflict reports an idempotency key used again with a
+	// different payload (see ConflictError).
+	ErrIdempotencyConflict = errors.New("quota: idempotency key reused with a different payload")
+
+	// ErrOverflow reports a use that would take a counter past the range
+	// of int64.
+	ErrOverflow = errors.New("quota: counter overflow")
+
+	// ErrReservationNotFound reports a reservation that does not exist or
+	// is already committed, cancelled or expired and swept.
+	ErrReservationNotFound = errors.New("quota: reservation not found")
+
+	// ErrReservationExpired reports a commit that came after the
+	// reservation expired. The held amount no longer counts.
+	ErrReservationExpired = errors.New("quota: reservation expired")
+
+	// ErrExceeded is matched by *ExceededError, the error form of a
+	// denial returned by Decision.Err. Consume, Reserve and Check never
+	// return it themselves: a denial is a Decision, not an error.
+	ErrExceeded = errors.New("quota: limit exceeded")
+)
+
+// MaxNameLen is the longest subject, action, plan, feature, resource id or
+// idempotency key accepted, in bytes.
+const MaxNameLen = 256
+
+// MaxMetadataLen is the largest metadata accepted, in bytes of its JSON
+// encoding.
+const MaxMetadataLen = 16 << 10
+
+// ExceededError is the error form of a denial, for code that prefers to
+// propagate it as an error. It matches ErrExceeded.
+type ExceededError struct {
+	Decision Decision
+}
+
+func (e *ExceededError) Error() string {
+	d := &e.Decision
+	return fmt.Sprintf("quota: %s: %s of %s for %q: used %d of %s", d.Reason, d.Action, d.Plan, d.Subject, d.Used, limitString(d.Limit))
+}
+
+// Is reports whether target is ErrExceeded.
+func (e *ExceededError) Is(target error) bool { return target == ErrExceeded }
+
+// ConflictError reports an idempotency key reused with a different payload.
+// It matches ErrIdempotencyConflict.
+type ConflictError struct {
+	Subject string
+	Key     string
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("quota: idempotency key %q of subject %q reused with a different payload", e.Key, e.Subject)
+}
+
+// Is reports whether target is ErrIdempotencyConflict.
+func (e *ConflictError) Is(target error) bool { return target == ErrIdempotencyConflict }
+
+func limitString(max int64) string {
+	if max == Unlimited {
+		return "unlimited"
+	}
+	return strconv.FormatInt(max, 10)
+}
+
+// ValidateName reports whether s is acceptable as a subject, action, plan,
+// feature, resource id or idempotency key: 1 to MaxNameLen bytes of valid
+// UTF-8 with no control characters (NUL included). Stores may rely on it:
+// the engine validates every name before a store sees it.
+func ValidateName(s string) error { return checkName(s, ErrInvalidName) }
+
+// checkName validates s and wraps kind on failure.
+func checkName(s string, kind error) error {
+	if s == "" {
+		return fmt.Errorf("%w: empty", kind)
+	}
+	if len(s) > MaxNameLen {
+		return fmt.Errorf("%w: %d bytes, more than %d", kind, len(s), MaxNameLen)
+	}
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c < 0x20 || c == 0x7f {
+				return fmt.Errorf("%w: control character %#02x at byte %d", kind, c, i)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			return fmt.Errorf("%w: invalid UTF-8 at byte %d", kind, i)
+		}
+		if unicode.IsControl(r) {
+			return fmt.Errorf("%w: control character %U at byte %d", kind, r, i)
+		}
+		i += size
+	}
+	return nil
+}

@@ -1,0 +1,332 @@
+package quota
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sort"
+	"sync"
+	"time"
+)
+
+var _ Store = (*MemoryStore)(nil)
+
+// MemoryStore is a Store that keeps everything in memory, for tests and
+// single-process apps that can lose their usage on restart. The zero value
+// is not usable; call NewMemoryStore. It is safe for concurrent use: one
+// mutex makes every operation atomic.
+type MemoryStore struct {
+	mu       sync.Mutex
+	closed   bool
+	counters map[CounterKey]*memCounter
+	records  []Record
+	keys     map[memKey]*memOutcome
+	holds    map[string]*memHold
+	subs     map[string]Subscription
+	nextID   int64
+}
+
+type memCounter struct {
+	end   time.Time
+	used  int64
+	limit int64
+	holds map[string]*memHold
+}
+
+type memKey struct{ subject, key string }
+
+type memOutcome struct {
+	fingerprint string
+	counters    []Counter
+	recordID    int64
+	holdID      string
+}
+
+type memHold struct {
+	id       string
+	expires  time.Time
+	amount   int64
+	record   Record
+	counters []*memCounter
+}
+
+// NewMemoryStore returns an empty MemoryStore.
+func NewMemoryStore() *MemoryStore {
+	return &MemoryStore{
+		counters: make(map[CounterKey]*memCounter),
+		keys:     make(map[memKey]*memOutcome),
+		holds:    make(map[string]*memHold),
+		subs:     make(map[string]Subscription),
+	}
+}
+
+func (s *MemoryStore) lock(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+// held returns the unexpired holds' total on c, dropping expired ones
+// when sweep is set.
+func (c *memCounter) held(now time.Time, s *MemoryStore, sweep bool) int64 {
+	var n int64
+	for id, h := range c.holds {
+		if !h.expires.After(now) {
+			if sweep {
+				s.dropHold(h)
+				delete(s.holds, id)
+			}
+			continue
+		}
+		n += h.amount
+	}
+	return n
+}
+
+func (s *MemoryStore) dropHold(h *memHold) {
+	for _, c := range h.counters {
+		delete(c.holds, h.id)
+	}
+}
+
+// Apply implements Store.
+func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
+	if err := s.lock(ctx); err != nil {
+		return ApplyResult{}, err
+	}
+	defer s.mu.Unlock()
+
+	r := op.Record
+	if r.Key != "" {
+		if o, ok := s.keys[memKey{r.Subject, r.Key}]; ok {
+			if o.fingerprint != op.Fingerprint {
+				return ApplyResult{}, ErrIdempotencyConflict
+			}
+			return ApplyResult{Applied: true, Replayed: true, Counters: append([]Counter(nil), o.counters...), RecordID: o.recordID, HoldID: o.holdID}, nil
+		}
+	}
+
+	a := r.Amount
+	cs := make([]*memCounter, len(op.Counters))
+	out := make([]Counter, len(op.Counters))
+	refused := false
+	for i, co := range op.Counters {
+		c := s.counters[co.CounterKey]
+		var used, held int64
+		if c != nil {
+			used, held = c.used, c.held(op.Now, s, true)
+		}
+		cs[i] = c
+		out[i] = Counter{CounterKey: co.CounterKey, End: co.End, Used: used, Held: held}
+		if c != nil {
+			out[i].Limit = c.limit
+		}
+		cur := used + held
+		if a > 0 && cur > math.MaxInt64-a {
+			return ApplyResult{}, fmt.Errorf("%w: %s of %q", ErrOverflow, co.Action, co.Subject)
+		}
+		switch {
+		case a > 0 && op.Enforce && co.Max != Unlimited && cur+a > co.Max:
+			refused = true
+		case a < 0 && used+a < 0:
+			refused = true
+		}
+	}
+	if refused {
+		return ApplyResult{Counters: out}, nil
+	}
+
+	res := ApplyResult{Applied: true, Counters: out}
+	var h *memHold
+	if op.Hold != nil {
+		h = &memHold{id: op.Hold.ID, expires: op.Hold.ExpiresAt, amount: a, record: r}
+		s.holds[h.id] = h
+		res.HoldID = h.id
+	} else {
+		s.nextID++
+		r.ID = s.nextID
+		r.Metadata = append([]byte(nil), r.Metadata...)
+		if len(r.Metadata) == 0 {
+			r.Metadata = nil
+		}
+		s.records = append(s.records, r)
+		res.RecordID = r.ID
+	}
+	for i, co := range op.Counters {
+		c := cs[i]
+		if c == nil {
+			c = &memCounter{end: co.End}
+			s.counters[co.CounterKey] = c
+		}
+		c.limit = co.Max
+		out[i].Limit = co.Max
+		if h != nil {
+			if c.holds == nil {
+				c.holds = make(map[string]*memHold)
+			}
+			c.holds[h.id] = h
+			h.counters = append(h.counters, c)
+			out[i].Held += a
+		} else {
+			c.used += a
+			out[i].Used += a
+		}
+	}
+	if r.Key != "" {
+		s.keys[memKey{r.Subject, r.Key}] = &memOutcome{
+			fingerprint: op.Fingerprint,
+			counters:    append([]Counter(nil), out...),
+			recordID:    res.RecordID,
+			holdID:      res.HoldID,
+		}
+	}
+	return res, nil
+}
+
+// Commit implements Store.
+func (s *MemoryStore) Commit(ctx context.Context, id string, amount int64, now time.Time) (Record, error) {
+	if err := s.lock(ctx); err != nil {
+		return Record{}, err
+	}
+	defer s.mu.Unlock()
+	h := s.holds[id]
+	if h == nil {
+		return Record{}, ErrReservationNotFound
+	}
+	if !h.expires.After(now) {
+		s.dropHold(h)
+		delete(s.holds, id)
+		return Record{}, ErrReservationExpired
+	}
+	if amount <= 0 || amount > h.amount {
+		return Record{}, fmt.Errorf("%w: commit of %d on a hold of %d", ErrInvalidAmount, amount, h.amount)
+	}
+	s.dropHold(h)
+	delete(s.holds, id)
+	for _, c := range h.counters {
+		c.used += amount
+	}
+	r := h.record
+	s.nextID++
+	r.ID = s.nextID
+	r.Amount = amount
+	if len(r.Metadata) == 0 {
+		r.Metadata = nil
+	}
+	s.records = append(s.records, r)
+	return r, nil
+}
+
+// Cancel implements Store.
+func (s *MemoryStore) Cancel(ctx context.Context, id string, now time.Time) error {
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	h := s.holds[id]
+	if h == nil {
+		return ErrReservationNotFound
+	}
+	s.dropHold(h)
+	delete(s.holds, id)
+	return nil
+}
+
+// Counters implements Store.
+func (s *MemoryStore) Counters(ctx context.Context, keys []CounterKey, now time.Time) ([]Counter, error) {
+	if err := s.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	out := make([]Counter, len(keys))
+	for i, k := range keys {
+		out[i].CounterKey = k
+		if c := s.counters[k]; c != nil {
+			out[i].End, out[i].Used, out[i].Limit = c.end, c.used, c.limit
+			out[i].Held = c.held(now, s, false)
+		}
+	}
+	return out, nil
+}
+
+// PutSubscription implements Store.
+func (s *MemoryStore) PutSubscription(ctx context.Context, sub Subscription) error {
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	s.subs[sub.Subject] = cloneSubscription(sub)
+	return nil
+}
+
+// GetSubscription implements Store.
+func (s *MemoryStore) GetSubscription(ctx context.Context, subject string) (Subscription, error) {
+	if err := s.lock(ctx); err != nil {
+		return Subscription{}, err
+	}
+	defer s.mu.Unlock()
+	sub, ok := s.subs[subject]
+	if !ok {
+		return Subscription{}, ErrNoSubscription
+	}
+	return cloneSubscription(sub), nil
+}
+
+func cloneSubscription(s Subscription) Subscription {
+	if s.Overrides != nil {
+		ov := make(map[string][]Limit, len(s.Overrides))
+		for a, ls := range s.Overrides {
+			ov[a] = append([]Limit(nil), ls...)
+		}
+		s.Overrides = ov
+	}
+	return s
+}
+
+// Records implements Store.
+func (s *MemoryStore) Records(ctx context.Context, q RecordQuery) ([]Record, error) {
+	if err := s.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	// Records are appended in ID order.
+	i := sort.Search(len(s.records), func(i int) bool { return s.records[i].ID > q.AfterID })
+	var out []Record
+	for ; i < len(s.records); i++ {
+		r := s.records[i]
+		switch {
+		case q.Subject != "" && r.Subject != q.Subject,
+			q.Action != "" && r.Action != q.Action,
+			!q.From.IsZero() && r.Time.Before(q.From),
+			!q.To.IsZero() && !r.Time.Before(q.To):
+			continue
+		}
+		r.Metadata = append([]byte(nil), r.Metadata...)
+		if len(r.Metadata) == 0 {
+			r.Metadata = nil
+		}
+		out = append(out, r)
+		if q.Limit > 0 && len(out) == q.Limit {
+			break
+		}
+	}
+	return out, nil
+}
+
+// Close drops the store's contents. Every later call but Close returns
+// ErrClosed.
+func (s *MemoryStore) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.closed = true
+		s.counters, s.records, s.keys, s.holds, s.subs = nil, nil, nil, nil, nil
+	}
+	return nil
+}
