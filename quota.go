@@ -247,6 +247,7 @@ type Quota struct {
 	ttl     time.Duration
 	levels  Thresholds
 	locs    sync.Map // time zone name -> *time.Location
+	windows windowCache
 	closed  atomic.Bool
 }
 
@@ -447,9 +448,42 @@ func (q *Quota) Subscription(ctx context.Context, subject string) (Subscription,
 
 // subscriber is a subscription resolved at one instant.
 type subscriber struct {
-	sub  Subscription
-	plan *Plan
-	loc  *time.Location
+	sub     Subscription
+	plan    *Plan
+	loc     *time.Location
+	windows *windowCache
+}
+
+// windowCache remembers recent windows, since computing one takes several
+// calendar conversions and most uses fall in a window computed before. It
+// is a direct-mapped table of immutable entries, safe for concurrent use.
+type windowCache struct {
+	slots [256]atomic.Pointer[cachedWindow]
+}
+
+type cachedWindow struct {
+	period     Period
+	anchor     int64 // Unix nanoseconds; 0 for periods that ignore it
+	loc        *time.Location
+	start, end time.Time
+}
+
+func (c *windowCache) window(p Period, t, anchor time.Time, loc *time.Location) (start, end time.Time) {
+	if p == PeriodNone {
+		return time.Time{}, time.Time{}
+	}
+	var a int64
+	if p >= PeriodMonth {
+		a = anchor.UnixNano()
+	}
+	h := uint64(a)*0x9E3779B97F4A7C15 ^ uint64(p)*0xC2B2AE3D27D4EB4F
+	slot := &c.slots[h>>56]
+	if w := slot.Load(); w != nil && w.period == p && w.anchor == a && w.loc == loc && !t.Before(w.start) && t.Before(w.end) {
+		return w.start, w.end
+	}
+	start, end = window(p, t, anchor, loc)
+	slot.Store(&cachedWindow{period: p, anchor: a, loc: loc, start: start, end: end})
+	return start, end
 }
 
 func (q *Quota) resolve(ctx context.Context, subject string, now time.Time) (subscriber, error) {
@@ -473,7 +507,7 @@ func (q *Quota) resolve(ctx context.Context, subject string, now time.Time) (sub
 	if err != nil {
 		return subscriber{}, err
 	}
-	return subscriber{sub: s, plan: p, loc: loc}, nil
+	return subscriber{sub: s, plan: p, loc: loc, windows: &q.windows}, nil
 }
 
 // blocked stands for an action that the catalog knows and a plan omits.
@@ -490,17 +524,22 @@ func (s *subscriber) limits(action string) []Limit {
 }
 
 func (s *subscriber) counters(action string, limits []Limit, now time.Time) []CounterOp {
-	ops := make([]CounterOp, len(limits))
-	for i, l := range limits {
-		start, end := window(l.Period, now, s.sub.Anchor, s.loc)
-		ops[i] = CounterOp{
+	return s.appendCounters(make([]CounterOp, 0, len(limits)), action, limits, now)
+}
+
+// appendCounters appends to dst the counters that limits charge at now.
+// Limits are sorted by period, so the counters come out sorted by
+// CounterKey.Less.
+func (s *subscriber) appendCounters(dst []CounterOp, action string, limits []Limit, now time.Time) []CounterOp {
+	for _, l := range limits {
+		start, end := s.windows.window(l.Period, now, s.sub.Anchor, s.loc)
+		dst = append(dst, CounterOp{
 			CounterKey: CounterKey{Subject: s.sub.Subject, Action: action, Period: l.Period, Start: start},
 			End:        end,
 			Max:        l.Max,
-		}
+		})
 	}
-	// Limits are sorted by period, so ops are sorted by CounterKey.Less.
-	return ops
+	return dst
 }
 
 type mode uint8
@@ -514,7 +553,7 @@ const (
 
 var modeNames = [...]string{"check", "consume", "track", "reserve"}
 
-// prepared is a validated use.
+// prepared is a validated use. It lives on the caller's stack.
 type prepared struct {
 	u        Use
 	meta     json.RawMessage
@@ -524,60 +563,61 @@ type prepared struct {
 	now      time.Time
 }
 
-func (q *Quota) prepare(ctx context.Context, u Use, m mode) (*prepared, error) {
+// prepare validates u into p, computing its counters into buf.
+func (q *Quota) prepare(ctx context.Context, u Use, m mode, p *prepared, buf []CounterOp) error {
 	if err := q.begin(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	if err := checkName(u.Subject, ErrInvalidSubject); err != nil {
-		return nil, err
+		return err
 	}
 	if err := checkName(u.Action, ErrInvalidAction); err != nil {
-		return nil, err
+		return err
 	}
 	if u.Key != "" {
 		if err := checkName(u.Key, ErrInvalidKey); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if u.ResourceID != "" {
 		if err := checkName(u.ResourceID, ErrInvalidName); err != nil {
-			return nil, fmt.Errorf("resource id: %w", err)
+			return fmt.Errorf("resource id: %w", err)
 		}
 	}
 	switch {
 	case u.Amount == 0:
-		return nil, fmt.Errorf("%w: zero", ErrInvalidAmount)
+		return fmt.Errorf("%w: zero", ErrInvalidAmount)
 	case u.Amount > MaxAmount || u.Amount < -MaxAmount:
-		return nil, fmt.Errorf("%w: %d is beyond ±%d", ErrInvalidAmount, u.Amount, MaxAmount)
+		return fmt.Errorf("%w: %d is beyond ±%d", ErrInvalidAmount, u.Amount, MaxAmount)
 	case u.Amount < 0 && m == modeReserve:
-		return nil, fmt.Errorf("%w: cannot reserve a negative amount", ErrInvalidAmount)
+		return fmt.Errorf("%w: cannot reserve a negative amount", ErrInvalidAmount)
 	}
 	if !q.actions[u.Action] {
-		return nil, fmt.Errorf("%q: %w", u.Action, ErrUnknownAction)
+		return fmt.Errorf("%q: %w", u.Action, ErrUnknownAction)
 	}
-	p := &prepared{u: u}
+	p.u = u
 	if u.Metadata != nil {
 		b, err := json.Marshal(u.Metadata)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrInvalidMetadata, err)
+			return fmt.Errorf("%w: %v", ErrInvalidMetadata, err)
 		}
 		if len(b) > MaxMetadataLen {
-			return nil, fmt.Errorf("%w: %d bytes encoded, more than %d", ErrInvalidMetadata, len(b), MaxMetadataLen)
+			return fmt.Errorf("%w: %d bytes encoded, more than %d", ErrInvalidMetadata, len(b), MaxMetadataLen)
 		}
 		p.meta = b
 	}
 	p.now = q.now()
 	sub, err := q.resolve(ctx, u.Subject, p.now)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	p.sub = sub
 	p.limits = sub.limits(u.Action)
 	if u.Amount < 0 && !p.limits[0].IsAllocation() {
-		return nil, fmt.Errorf("%w: %d: %q has no allocation limit to release", ErrInvalidAmount, u.Amount, u.Action)
+		return fmt.Errorf("%w: %d: %q has no allocation limit to release", ErrInvalidAmount, u.Amount, u.Action)
 	}
-	p.counters = sub.counters(u.Action, p.limits, p.now)
-	return p, nil
+	p.counters = sub.appendCounters(buf, u.Action, p.limits, p.now)
+	return nil
 }
 
 // fingerprint identifies the payload of a keyed use.
@@ -608,20 +648,24 @@ func (p *prepared) perUseExceeded() int {
 // Check reports whether u would be allowed now, without writing anything.
 // The idempotency key, if any, is not looked up.
 func (q *Quota) Check(ctx context.Context, u Use) (Decision, error) {
-	p, err := q.prepare(ctx, u, modeCheck)
-	if err != nil {
+	var p prepared
+	if err := q.prepare(ctx, u, modeCheck, &p, nil); err != nil {
 		return Decision{}, fmt.Errorf("quota: check: %w", err)
 	}
-	cs, err := q.readCounters(ctx, p)
+	cs, err := q.readCounters(ctx, &p)
 	if err != nil {
 		return Decision{}, fmt.Errorf("quota: check %q %q: %w", u.Subject, u.Action, err)
 	}
 	if p.u.Amount > 0 {
 		if i := p.perUseExceeded(); i >= 0 {
-			return denyPerUse(q.decide(p, cs, false), i), nil
+			var d Decision
+			q.decide(&d, &p, cs, false)
+			return denyPerUse(d, i), nil
 		}
 	}
-	return q.decide(p, cs, true), nil
+	var d Decision
+	q.decide(&d, &p, cs, true)
+	return d, nil
 }
 
 func denyPerUse(d Decision, i int) Decision {
@@ -661,25 +705,37 @@ func (q *Quota) Track(ctx context.Context, u Use) (Decision, error) {
 }
 
 func (q *Quota) apply(ctx context.Context, u Use, m mode) (Decision, error) {
-	d, _, err := q.applyHold(ctx, u, m)
-	return d, err
+	var d Decision
+	if _, err := q.applyHold(ctx, u, m, &d); err != nil {
+		return Decision{}, err
+	}
+	return d, nil
 }
 
-func (q *Quota) applyHold(ctx context.Context, u Use, m mode) (Decision, *Hold, error) {
-	p, err := q.prepare(ctx, u, m)
-	if err != nil {
-		return Decision{}, nil, fmt.Errorf("quota: %s: %w", modeNames[m], err)
+// applyHold applies u and fills d with the decision. It returns the hold
+// created, if any.
+func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (*Hold, error) {
+	// The Op and its counters come from a pool: Store.Apply does not
+	// keep them, and the decision copies what it needs.
+	b := opPool.Get().(*opBuf)
+	defer b.release()
+	var p prepared
+	if err := q.prepare(ctx, u, m, &p, b.counters[:0]); err != nil {
+		return nil, fmt.Errorf("quota: %s: %w", modeNames[m], err)
 	}
 	if m != modeTrack && p.u.Amount > 0 {
 		if i := p.perUseExceeded(); i >= 0 {
-			cs, err := q.readCounters(ctx, p)
+			cs, err := q.readCounters(ctx, &p)
 			if err != nil {
-				return Decision{}, nil, fmt.Errorf("quota: %s %q %q: %w", modeNames[m], u.Subject, u.Action, err)
+				return nil, fmt.Errorf("quota: %s %q %q: %w", modeNames[m], u.Subject, u.Action, err)
 			}
-			return denyPerUse(q.decide(p, cs, false), i), nil, nil
+			q.decide(d, &p, cs, false)
+			*d = denyPerUse(*d, i)
+			return nil, nil
 		}
 	}
-	op := &Op{
+	op := &b.op
+	*op = Op{
 		Counters: p.counters,
 		Record: Record{
 			Subject:    u.Subject,
@@ -702,24 +758,24 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode) (Decision, *Hold, 
 	res, err := q.store.Apply(ctx, op)
 	if err != nil {
 		if errors.Is(err, ErrIdempotencyConflict) {
-			return Decision{}, nil, &ConflictError{Subject: u.Subject, Key: u.Key}
+			return nil, &ConflictError{Subject: u.Subject, Key: u.Key}
 		}
-		return Decision{}, nil, fmt.Errorf("quota: %s %q %q: %w", modeNames[m], u.Subject, u.Action, err)
+		return nil, fmt.Errorf("quota: %s %q %q: %w", modeNames[m], u.Subject, u.Action, err)
 	}
 	if len(res.Counters) != len(p.counters) {
-		return Decision{}, nil, fmt.Errorf("quota: %s %q %q: store returned %d counters for %d", modeNames[m], u.Subject, u.Action, len(res.Counters), len(p.counters))
+		return nil, fmt.Errorf("quota: %s %q %q: store returned %d counters for %d", modeNames[m], u.Subject, u.Action, len(res.Counters), len(p.counters))
 	}
 	if res.Replayed {
-		d := q.decide(p, res.Counters, false)
+		q.decide(d, &p, res.Counters, false)
 		d.Replayed, d.RecordID = true, res.RecordID
 		var h *Hold
 		if res.HoldID != "" {
 			h = &Hold{ID: res.HoldID}
 		}
-		return d, h, nil
+		return h, nil
 	}
 	if !res.Applied {
-		d := q.decide(p, res.Counters, true)
+		q.decide(d, &p, res.Counters, true)
 		if d.Allowed {
 			// The store saw a state that refused the use; report it
 			// as such on the most used limit.
@@ -728,18 +784,33 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode) (Decision, *Hold, 
 				d.Reason = ReasonBelowZero
 			}
 		}
-		return d, nil, nil
+		return nil, nil
 	}
-	d := q.decide(p, res.Counters, false)
+	q.decide(d, &p, res.Counters, false)
 	d.RecordID = res.RecordID
-	return d, op.Hold, nil
+	return op.Hold, nil
 }
 
-// decide builds the decision for p from the counters. With evaluate set
-// the counters do not include the use, and the decision says whether it
-// fits; otherwise they include it and the decision allows it.
-func (q *Quota) decide(p *prepared, cs []Counter, evaluate bool) Decision {
-	d := Decision{
+// opBuf holds an Op and room for the counters of up to four limits.
+type opBuf struct {
+	op       Op
+	counters [4]CounterOp
+}
+
+var opPool = sync.Pool{New: func() any { return new(opBuf) }}
+
+// release clears b, so that the pool keeps no caller data, and returns it
+// to the pool.
+func (b *opBuf) release() {
+	*b = opBuf{}
+	opPool.Put(b)
+}
+
+// decide fills d with the decision for p from the counters. With evaluate
+// set the counters do not include the use, and the decision says whether
+// it fits; otherwise they include it and the decision allows it.
+func (q *Quota) decide(d *Decision, p *prepared, cs []Counter, evaluate bool) {
+	*d = Decision{
 		Allowed: true,
 		Subject: p.u.Subject,
 		Action:  p.u.Action,
@@ -749,9 +820,9 @@ func (q *Quota) decide(p *prepared, cs []Counter, evaluate bool) Decision {
 	}
 	decisive := -1
 	for i, l := range p.limits {
-		c := cs[i]
-		st := q.status(l, c.Used+c.Held, p.counters[i])
-		d.Limits[i] = st
+		c := &cs[i]
+		st := &d.Limits[i]
+		q.setStatus(st, l, c.Used+c.Held, &p.counters[i])
 		if !evaluate {
 			continue
 		}
@@ -782,11 +853,16 @@ func (q *Quota) decide(p *prepared, cs []Counter, evaluate bool) Decision {
 		}
 	}
 	d.LimitStatus = d.Limits[decisive]
-	return d
 }
 
-func (q *Quota) status(l Limit, used int64, c CounterOp) LimitStatus {
-	st := LimitStatus{
+func (q *Quota) status(l Limit, used int64, c *CounterOp) LimitStatus {
+	var st LimitStatus
+	q.setStatus(&st, l, used, c)
+	return st
+}
+
+func (q *Quota) setStatus(st *LimitStatus, l Limit, used int64, c *CounterOp) {
+	*st = LimitStatus{
 		Period:      l.Period,
 		Limit:       l.Max,
 		MaxPerUse:   l.MaxPerUse,
@@ -804,7 +880,6 @@ func (q *Quota) status(l Limit, used int64, c CounterOp) LimitStatus {
 		st.Percent = float64(used) * 100 / float64(l.Max)
 	}
 	st.Level = q.level(st.Percent)
-	return st
 }
 
 func (q *Quota) level(pct float64) Level {
@@ -848,11 +923,11 @@ type Reservation struct {
 // cancelled expires after Config.ReservationTTL. A denial is returned as a
 // Reservation whose Decision is not Allowed, with a nil error.
 func (q *Quota) Reserve(ctx context.Context, u Use) (*Reservation, error) {
-	d, h, err := q.applyHold(ctx, u, modeReserve)
+	r := &Reservation{q: q}
+	h, err := q.applyHold(ctx, u, modeReserve, &r.Decision)
 	if err != nil {
 		return nil, err
 	}
-	r := &Reservation{Decision: d, q: q}
 	if h != nil {
 		r.ID, r.ExpiresAt = h.ID, h.ExpiresAt
 	}
@@ -994,7 +1069,7 @@ func (q *Quota) Usage(ctx context.Context, subject string) (Report, error) {
 		au := ActionUsage{Action: a, Limits: make([]LimitStatus, len(limits))}
 		best := 0
 		for j, l := range limits {
-			au.Limits[j] = q.status(l, cs[i].Used+cs[i].Held, ops[i])
+			q.setStatus(&au.Limits[j], l, cs[i].Used+cs[i].Held, &ops[i])
 			if au.Limits[j].Percent > au.Limits[best].Percent {
 				best = j
 			}

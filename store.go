@@ -20,7 +20,9 @@ import (
 type Store interface {
 	// Apply performs op in one atomic step (see Op) and reports what
 	// happened. A refusal (a counter would pass its Max or drop below
-	// zero) is reported in ApplyResult, with a nil error.
+	// zero) is reported in ApplyResult, with a nil error. Apply must not
+	// keep op, or any slice it holds, after it returns: the caller reuses
+	// them.
 	Apply(ctx context.Context, op *Op) (ApplyResult, error)
 
 	// Commit turns the hold id into a record of amount (1 to the held

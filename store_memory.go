@@ -19,7 +19,7 @@ type MemoryStore struct {
 	mu       sync.Mutex
 	closed   bool
 	counters map[CounterKey]*memCounter
-	records  []Record
+	records  ledger
 	keys     map[memKey]*memOutcome
 	holds    map[string]*memHold
 	subs     map[string]Subscription
@@ -27,10 +27,11 @@ type MemoryStore struct {
 }
 
 type memCounter struct {
-	end   time.Time
-	used  int64
-	limit int64
-	holds map[string]*memHold
+	subject, action uint32 // interned in the ledger
+	end             time.Time
+	used            int64
+	limit           int64
+	holds           map[string]*memHold
 }
 
 type memKey struct{ subject, key string }
@@ -113,7 +114,8 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 	}
 
 	a := r.Amount
-	cs := make([]*memCounter, len(op.Counters))
+	var csBuf [4]*memCounter
+	cs := csBuf[:0]
 	out := make([]Counter, len(op.Counters))
 	refused := false
 	for i, co := range op.Counters {
@@ -122,7 +124,7 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 		if c != nil {
 			used, held = c.used, c.held(op.Now, s, true)
 		}
-		cs[i] = c
+		cs = append(cs, c)
 		out[i] = Counter{CounterKey: co.CounterKey, End: co.End, Used: used, Held: held}
 		if c != nil {
 			out[i].Limit = c.limit
@@ -146,23 +148,16 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 	var h *memHold
 	if op.Hold != nil {
 		h = &memHold{id: op.Hold.ID, expires: op.Hold.ExpiresAt, amount: a, record: r}
+		h.record.Metadata = append([]byte(nil), r.Metadata...)
 		s.holds[h.id] = h
 		res.HoldID = h.id
-	} else {
-		s.nextID++
-		r.ID = s.nextID
-		r.Metadata = append([]byte(nil), r.Metadata...)
-		if len(r.Metadata) == 0 {
-			r.Metadata = nil
-		}
-		s.records = append(s.records, r)
-		res.RecordID = r.ID
 	}
 	for i, co := range op.Counters {
 		c := cs[i]
 		if c == nil {
-			c = &memCounter{end: co.End}
+			c = &memCounter{end: co.End, subject: s.records.intern(co.Subject), action: s.records.intern(co.Action)}
 			s.counters[co.CounterKey] = c
+			cs[i] = c
 		}
 		c.limit = co.Max
 		out[i].Limit = co.Max
@@ -177,6 +172,12 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 			c.used += a
 			out[i].Used += a
 		}
+	}
+	if h == nil {
+		s.nextID++
+		r.ID = s.nextID
+		s.records.append(&r, cs[0].subject, cs[0].action)
+		res.RecordID = r.ID
 	}
 	if r.Key != "" {
 		s.keys[memKey{r.Subject, r.Key}] = &memOutcome{
@@ -219,7 +220,7 @@ func (s *MemoryStore) Commit(ctx context.Context, id string, amount int64, now t
 	if len(r.Metadata) == 0 {
 		r.Metadata = nil
 	}
-	s.records = append(s.records, r)
+	s.records.append(&r, h.counters[0].subject, h.counters[0].action)
 	return r, nil
 }
 
@@ -296,20 +297,20 @@ func (s *MemoryStore) Records(ctx context.Context, q RecordQuery) ([]Record, err
 	}
 	defer s.mu.Unlock()
 	// Records are appended in ID order.
-	i := sort.Search(len(s.records), func(i int) bool { return s.records[i].ID > q.AfterID })
+	l := &s.records
+	n := l.len()
+	i := sort.Search(n, func(i int) bool { return l.at(i).id > q.AfterID })
 	var out []Record
-	for ; i < len(s.records); i++ {
-		r := s.records[i]
+	for ; i < n; i++ {
+		w := l.at(i)
 		switch {
-		case q.Subject != "" && r.Subject != q.Subject,
-			q.Action != "" && r.Action != q.Action,
-			!q.From.IsZero() && r.Time.Before(q.From),
-			!q.To.IsZero() && !r.Time.Before(q.To):
+		case q.Subject != "" && l.names[w.subject] != q.Subject,
+			q.Action != "" && l.names[w.action] != q.Action:
 			continue
 		}
-		r.Metadata = append([]byte(nil), r.Metadata...)
-		if len(r.Metadata) == 0 {
-			r.Metadata = nil
+		r := l.record(w)
+		if !q.From.IsZero() && r.Time.Before(q.From) || !q.To.IsZero() && !r.Time.Before(q.To) {
+			continue
 		}
 		out = append(out, r)
 		if q.Limit > 0 && len(out) == q.Limit {
@@ -326,7 +327,90 @@ func (s *MemoryStore) Close() error {
 	defer s.mu.Unlock()
 	if !s.closed {
 		s.closed = true
-		s.counters, s.records, s.keys, s.holds, s.subs = nil, nil, nil, nil, nil
+		s.counters, s.records, s.keys, s.holds, s.subs = nil, ledger{}, nil, nil, nil
 	}
 	return nil
+}
+
+// ledger is the append-only list of records. It keeps them in fixed-size
+// chunks of pointer-free rows, so that appending never copies the rows
+// already kept and the garbage collector never scans them: subjects and
+// actions are interned, and the rare optional strings live aside.
+type ledger struct {
+	chunks [][]row
+	n      int
+	names  []string          // interned subjects and actions
+	index  map[string]uint32 // name -> position in names
+	extras []rowExtra
+}
+
+type row struct {
+	id      int64
+	amount  int64
+	sec     int64
+	nsec    int32
+	subject uint32
+	action  uint32
+	extra   int32 // index in extras, or -1
+}
+
+type rowExtra struct {
+	resourceID string
+	key        string
+	metadata   []byte
+}
+
+const ledgerChunk = 1024
+
+// intern returns the number of name, adding it if new.
+func (l *ledger) intern(name string) uint32 {
+	if i, ok := l.index[name]; ok {
+		return i
+	}
+	if l.index == nil {
+		l.index = make(map[string]uint32)
+	}
+	i := uint32(len(l.names))
+	l.names = append(l.names, name)
+	l.index[name] = i
+	return i
+}
+
+// append adds r, whose subject and action are interned as subject and
+// action.
+func (l *ledger) append(r *Record, subject, action uint32) {
+	if l.n%ledgerChunk == 0 {
+		l.chunks = append(l.chunks, make([]row, 0, ledgerChunk))
+	}
+	w := row{id: r.ID, amount: r.Amount, sec: r.Time.Unix(), nsec: int32(r.Time.Nanosecond()), subject: subject, action: action, extra: -1}
+	if r.ResourceID != "" || r.Key != "" || len(r.Metadata) > 0 {
+		w.extra = int32(len(l.extras))
+		l.extras = append(l.extras, rowExtra{resourceID: r.ResourceID, key: r.Key, metadata: append([]byte(nil), r.Metadata...)})
+	}
+	c := &l.chunks[len(l.chunks)-1]
+	*c = append(*c, w)
+	l.n++
+}
+
+func (l *ledger) len() int { return l.n }
+
+func (l *ledger) at(i int) *row { return &l.chunks[i/ledgerChunk][i%ledgerChunk] }
+
+// record rebuilds the record of w.
+func (l *ledger) record(w *row) Record {
+	r := Record{
+		ID:      w.id,
+		Subject: l.names[w.subject],
+		Action:  l.names[w.action],
+		Amount:  w.amount,
+		Time:    time.Unix(w.sec, int64(w.nsec)).UTC(),
+	}
+	if w.extra >= 0 {
+		x := &l.extras[w.extra]
+		r.ResourceID, r.Key = x.resourceID, x.key
+		if len(x.metadata) > 0 {
+			r.Metadata = append([]byte(nil), x.metadata...)
+		}
+	}
+	return r
 }

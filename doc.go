@@ -1,0 +1,67 @@
+// Package quota enforces a SaaS plan's usage limits inside the app.
+//
+// A plan (FREE, PROFESSIONAL, ENTERPRISE) limits how often each action may
+// happen in a billing period, grants features, and caps allocations such
+// as storage bytes or team seats. A Quota records every use with its
+// metadata in a ledger, keeps per-period totals, decides atomically whether
+// a use is allowed, and reports usage with a warning level at 80, 90 and
+// 100 %.
+//
+// # Quick start
+//
+//	ctx := context.Background()
+//
+//	// FREE allows 5 diagram uploads a month; PRO allows 100.
+//	q, err := quota.New(quota.NewMemoryStore(), quota.Config{
+//		Plans: []quota.Plan{
+//			{Name: "FREE", Limits: map[string][]quota.Limit{"diagram.upload": {quota.PerMonth(5)}}},
+//			{Name: "PRO", Limits: map[string][]quota.Limit{"diagram.upload": {quota.PerMonth(100)}}},
+//		},
+//	})
+//	if err != nil {
+//		log.Fatal(err)
+//	}
+//	defer q.Close()
+//
+//	if err := q.Subscribe(ctx, quota.Subscription{Subject: "alice", Plan: "FREE"}); err != nil {
+//		log.Fatal(err)
+//	}
+//	for i := 1; i <= 6; i++ {
+//		// Consume checks and records in one atomic step.
+//		d, err := q.Consume(ctx, quota.Use{Subject: "alice", Action: "diagram.upload", Amount: 1})
+//		if err != nil {
+//			log.Fatal(err) // a failure, never a denial
+//		}
+//		fmt.Printf("upload %d: allowed=%t used=%d/%d level=%s\n", i, d.Allowed, d.Used, d.Limit, d.Level)
+//	}
+//
+// The sixth upload is denied: Consume returns a Decision with Allowed false
+// and a nil error. A denial is a result; errors are for invalid input
+// (matching ErrInvalidSubject, ErrInvalidAmount and the other sentinels,
+// with nothing written) and for store failures.
+//
+// # Checking, consuming, tracking, reserving
+//
+// Check answers whether a use would be allowed and never writes. Consume
+// checks and records in one atomic step and refuses a use past a limit.
+// Track records a use that already happened, even past a limit, because
+// billing must see it. Reserve holds an amount at once, so that a slow
+// operation cannot be raced past its limit; Commit records it, Cancel
+// releases it, and a hold neither committed nor cancelled expires after
+// Config.ReservationTTL. An action may carry several limits (20 a day and
+// 100 a month): a use is granted only if all allow it, and then all are
+// charged. Allocation limits (Total) go down again with negative uses.
+//
+// # Periods
+//
+// Hours, days and weeks (from Monday) begin in the subscription's time
+// zone. Months and years begin on the billing anchor's day of month at
+// midnight in that zone, clamped to short months without drifting: a
+// subscription anchored on 31 January renews on 28 or 29 February, 31
+// March, 30 April.
+//
+// # Stores
+//
+// MemoryStore keeps usage in memory, for tests and single-process apps.
+// Every Store passes the conformance suite in package quotatest.
+package quota

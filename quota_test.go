@@ -1,0 +1,478 @@
+package quota_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/quotakit/quota"
+)
+
+// clock is an injectable clock for tests.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = t
+}
+
+var testPlans = []quota.Plan{
+	{
+		Name: "FREE",
+		Limits: map[string][]quota.Limit{
+			"diagram.upload": {quota.PerMonth(5)},
+			"ai.analysis":    {quota.PerDay(2), quota.PerMonth(3)},
+			"storage.bytes":  {quota.Total(1000).WithMaxPerUse(100)},
+			"procedure.view": {quota.PerMonth(quota.Unlimited)},
+		},
+	},
+	{
+		Name: "PRO",
+		Limits: map[string][]quota.Limit{
+			"diagram.upload": {quota.PerMonth(100)},
+			"ai.analysis":    {quota.PerMonth(100)},
+			"storage.bytes":  {quota.Total(100_000).WithMaxPerUse(10_000)},
+			"procedure.view": {quota.PerMonth(quota.Unlimited)},
+			"export.pdf":     {quota.PerMonth(50)},
+		},
+		Features: []string{"priority_support", "api_access"},
+	},
+}
+
+func newTestQuota(t *testing.T, cfg quota.Config) (*quota.Quota, *clock) {
+	t.Helper()
+	c := &clock{t: time.Date(2026, time.March, 10, 12, 0, 0, 0, time.UTC)}
+	if cfg.Plans == nil {
+		cfg.Plans = testPlans
+	}
+	if cfg.Now == nil {
+		cfg.Now = c.Now
+	}
+	q, err := quota.New(quota.NewMemoryStore(), cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return q, c
+}
+
+func subscribe(t *testing.T, q *quota.Quota, s quota.Subscription) {
+	t.Helper()
+	if err := q.Subscribe(context.Background(), s); err != nil {
+		t.Fatalf("Subscribe(%+v): %v", s, err)
+	}
+}
+
+func consume(t *testing.T, q *quota.Quota, u quota.Use) quota.Decision {
+	t.Helper()
+	d, err := q.Consume(context.Background(), u)
+	if err != nil {
+		t.Fatalf("Consume(%+v): %v", u, err)
+	}
+	return d
+}
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	tests := []struct {
+		name  string
+		store quota.Store
+		cfg   quota.Config
+		want  error
+	}{
+		{"nil store", nil, quota.Config{Plans: testPlans}, quota.ErrNilStore},
+		{"no plans", quota.NewMemoryStore(), quota.Config{}, quota.ErrInvalidPlan},
+		{"unknown default plan", quota.NewMemoryStore(), quota.Config{Plans: testPlans, DefaultPlan: "GOLD"}, quota.ErrUnknownPlan},
+		{"duplicate plan", quota.NewMemoryStore(), quota.Config{Plans: []quota.Plan{testPlans[0], testPlans[0]}}, quota.ErrInvalidPlan},
+		{"negative max", quota.NewMemoryStore(), quota.Config{Plans: []quota.Plan{{Name: "X", Limits: map[string][]quota.Limit{"a": {quota.PerDay(-5)}}}}}, quota.ErrInvalidPlan},
+		{"two limits per period", quota.NewMemoryStore(), quota.Config{Plans: []quota.Plan{{Name: "X", Limits: map[string][]quota.Limit{"a": {quota.PerDay(5), quota.PerDay(6)}}}}}, quota.ErrInvalidPlan},
+		{"allocation mixed with period", quota.NewMemoryStore(), quota.Config{Plans: []quota.Plan{{Name: "X", Limits: map[string][]quota.Limit{"a": {quota.PerDay(5), quota.Total(6)}}}}}, quota.ErrInvalidPlan},
+		{"bad action name", quota.NewMemoryStore(), quota.Config{Plans: []quota.Plan{{Name: "X", Limits: map[string][]quota.Limit{"a\x00": {quota.PerDay(5)}}}}}, quota.ErrInvalidPlan},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := quota.New(tt.store, tt.cfg)
+			if !errors.Is(err, tt.want) {
+				t.Errorf("New() error = %v; want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestPlanErrorNamesPlanActionField(t *testing.T) {
+	_, err := quota.New(quota.NewMemoryStore(), quota.Config{Plans: []quota.Plan{
+		{Name: "FREE", Limits: map[string][]quota.Limit{"diagram.upload": {{Max: 5, Period: quota.PeriodMonth, MaxPerUse: -1}}}},
+	}})
+	var pe *quota.PlanError
+	if !errors.As(err, &pe) {
+		t.Fatalf("New() error = %v; want a *PlanError", err)
+	}
+	got := [3]string{pe.Plan, pe.Action, pe.Field}
+	want := [3]string{"FREE", "diagram.upload", "max_per_use"}
+	if got != want {
+		t.Errorf("PlanError names %q; want %q", got, want)
+	}
+}
+
+func TestSeveralLimitsAreChargedTogether(t *testing.T) {
+	q, clk := newTestQuota(t, quota.Config{})
+	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "FREE"})
+	use := quota.Use{Subject: "u", Action: "ai.analysis", Amount: 1}
+
+	// 2 a day and 3 a month: the day limit refuses the third use of a day.
+	for i, want := range []bool{true, true, false} {
+		if d := consume(t, q, use); d.Allowed != want {
+			t.Fatalf("use %d: Allowed = %t; want %t", i+1, d.Allowed, want)
+		}
+	}
+	clk.Set(clk.Now().Add(24 * time.Hour))
+	d := consume(t, q, use)
+	if !d.Allowed || d.Used != 3 || d.Period != quota.PeriodMonth {
+		t.Fatalf("next day: %+v; want allowed, the month limit decisive with 3 used", d)
+	}
+	// The month is full now; the day limit still has room.
+	d = consume(t, q, use)
+	if d.Allowed || d.Reason != quota.ReasonLimit || d.Period != quota.PeriodMonth || d.Used != 3 {
+		t.Fatalf("fourth of the month: %+v; want denied by the month limit", d)
+	}
+	want := []int64{1, 3}
+	var got []int64
+	for _, l := range d.Limits {
+		got = append(got, l.Used)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("used per limit (-want +got):\n%s", diff)
+	}
+}
+
+func TestPerUseCap(t *testing.T) {
+	q, _ := newTestQuota(t, quota.Config{})
+	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "FREE"})
+	ctx := context.Background()
+	big := quota.Use{Subject: "u", Action: "storage.bytes", Amount: 101}
+	for name, f := range map[string]func(context.Context, quota.Use) (quota.Decision, error){
+		"Check": q.Check, "Consume": q.Consume,
+	} {
+		d, err := f(ctx, big)
+		if err != nil || d.Allowed || d.Reason != quota.ReasonPerUse || d.MaxPerUse != 100 || d.Used != 0 {
+			t.Errorf("%s(101 bytes) = %+v, %v; want denied for the per-use cap", name, d, err)
+		}
+	}
+	r, err := q.Reserve(ctx, big)
+	if err != nil || r.Decision.Allowed || r.ID != "" {
+		t.Errorf("Reserve(101 bytes) = %+v, %v; want denied, nothing held", r, err)
+	}
+	// Track records what already happened, cap or not.
+	if d, err := q.Track(ctx, big); err != nil || !d.Allowed || d.Used != 101 {
+		t.Errorf("Track(101 bytes) = %+v, %v; want recorded", d, err)
+	}
+}
+
+func TestAllocationRelease(t *testing.T) {
+	q, _ := newTestQuota(t, quota.Config{})
+	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "FREE"})
+	ctx := context.Background()
+	for range 10 {
+		consume(t, q, quota.Use{Subject: "u", Action: "storage.bytes", Amount: 100})
+	}
+	if d := consume(t, q, quota.Use{Subject: "u", Action: "storage.bytes", Amount: 1}); d.Allowed {
+		t.Fatalf("over the allocation: %+v; want denied", d)
+	}
+	d := consume(t, q, quota.Use{Subject: "u", Action: "storage.bytes", Amount: -250})
+	if !d.Allowed || d.Used != 750 || !d.ResetAt.IsZero() || !d.PeriodStart.IsZero() {
+		t.Fatalf("release: %+v; want allowed, 750 used, no period", d)
+	}
+	d = consume(t, q, quota.Use{Subject: "u", Action: "storage.bytes", Amount: -751})
+	if d.Allowed || d.Reason != quota.ReasonBelowZero || d.Used != 750 {
+		t.Fatalf("release below zero: %+v; want denied below_zero", d)
+	}
+	if _, err := q.Track(ctx, quota.Use{Subject: "u", Action: "storage.bytes", Amount: -751}); err != nil {
+		t.Fatalf("Track(below zero) error = %v", err)
+	}
+	if _, err := q.Consume(ctx, quota.Use{Subject: "u", Action: "diagram.upload", Amount: -1}); !errors.Is(err, quota.ErrInvalidAmount) {
+		t.Fatalf("negative use of a counter: error = %v; want ErrInvalidAmount", err)
+	}
+}
+
+func TestUpgradeCountsUsageAgainstNewLimits(t *testing.T) {
+	q, _ := newTestQuota(t, quota.Config{})
+	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "FREE"})
+	for range 5 {
+		consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1})
+	}
+	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "PRO"})
+	d := consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1})
+	if !d.Allowed || d.Used != 6 || d.Limit != 100 || d.Plan != "PRO" {
+		t.Fatalf("after upgrade: %+v; want allowed, 6 of 100 on PRO", d)
+	}
+}
+
+func TestSchedulePlanDowngradesAtPeriodEnd(t *testing.T) {
+	q, clk := newTestQuota(t, quota.Config{})
+	ctx := context.Background()
+	anchor := time.Date(2026, time.January, 31, 0, 0, 0, 0, time.UTC)
+	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "PRO", Anchor: anchor})
+	for range 10 {
+		consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1})
+	}
+	at, err := q.SchedulePlan(ctx, "u", "FREE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Now is 10 March; the month anchored on the 31st ends on 31 March.
+	if want := time.Date(2026, time.March, 31, 0, 0, 0, 0, time.UTC); !at.Equal(want) {
+		t.Fatalf("SchedulePlan() = %v; want %v", at, want)
+	}
+	if d := consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1}); !d.Allowed || d.Plan != "PRO" {
+		t.Fatalf("before the change: %+v; want PRO still", d)
+	}
+	if ok, _ := q.HasFeature(ctx, "u", "api_access"); !ok {
+		t.Errorf("HasFeature(api_access) before the change = false; want true")
+	}
+	clk.Set(at.Add(-time.Nanosecond))
+	if d := consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1}); d.Plan != "PRO" {
+		t.Fatalf("1ns before the change: plan %s; want PRO", d.Plan)
+	}
+	clk.Set(at)
+	d := consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1})
+	if d.Plan != "FREE" || d.Used != 1 || d.Limit != 5 || !d.PeriodStart.Equal(at) {
+		t.Fatalf("at the change: %+v; want FREE, a new window from %v", d, at)
+	}
+	if ok, _ := q.HasFeature(ctx, "u", "api_access"); ok {
+		t.Errorf("HasFeature(api_access) after the change = true; want false")
+	}
+	s, err := q.Subscription(ctx, "u")
+	if err != nil || s.NextPlan != "FREE" || !s.NextPlanAt.Equal(at) {
+		t.Errorf("Subscription() = %+v, %v; want the schedule kept", s, err)
+	}
+	// A later Subscribe replaces the schedule.
+	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "PRO", Anchor: anchor})
+	if d := consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1}); d.Plan != "PRO" {
+		t.Errorf("after a new Subscribe: plan %s; want PRO", d.Plan)
+	}
+}
+
+func TestOverrides(t *testing.T) {
+	q, _ := newTestQuota(t, quota.Config{})
+	ctx := context.Background()
+	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "FREE", Overrides: map[string][]quota.Limit{
+		"diagram.upload": {quota.PerMonth(7)},
+		"export.pdf":     {quota.PerDay(1)}, // not on FREE: granted to this subject alone
+	}})
+	for range 7 {
+		consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1})
+	}
+	if d := consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1}); d.Allowed || d.Limit != 7 {
+		t.Errorf("eighth upload: %+v; want denied at 7", d)
+	}
+	if d := consume(t, q, quota.Use{Subject: "u", Action: "export.pdf", Amount: 1}); !d.Allowed || d.Limit != 1 {
+		t.Errorf("export.pdf: %+v; want allowed by the override", d)
+	}
+	r, err := q.Usage(ctx, "u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var actions []string
+	for _, a := range r.Actions {
+		actions = append(actions, a.Action)
+	}
+	want := []string{"ai.analysis", "diagram.upload", "export.pdf", "procedure.view", "storage.bytes"}
+	if diff := cmp.Diff(want, actions); diff != "" {
+		t.Errorf("Usage actions (-want +got):\n%s", diff)
+	}
+	err = q.Subscribe(ctx, quota.Subscription{Subject: "u", Plan: "FREE", Overrides: map[string][]quota.Limit{"nope": {quota.PerDay(1)}}})
+	if !errors.Is(err, quota.ErrUnknownAction) {
+		t.Errorf("override of an unknown action: error = %v; want ErrUnknownAction", err)
+	}
+	err = q.Subscribe(ctx, quota.Subscription{Subject: "u", Plan: "FREE", Overrides: map[string][]quota.Limit{"export.pdf": {quota.PerDay(-2)}}})
+	if !errors.Is(err, quota.ErrInvalidSubscription) || !errors.Is(err, quota.ErrInvalidPlan) {
+		t.Errorf("invalid override: error = %v; want ErrInvalidSubscription and ErrInvalidPlan", err)
+	}
+}
+
+func TestActionMissingFromPlanIsBlocked(t *testing.T) {
+	q, _ := newTestQuota(t, quota.Config{})
+	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "FREE"})
+	d := consume(t, q, quota.Use{Subject: "u", Action: "export.pdf", Amount: 1})
+	if d.Allowed || d.Limit != 0 || d.Level != quota.LevelExceeded {
+		t.Errorf("export.pdf on FREE: %+v; want denied with limit 0", d)
+	}
+	_, err := q.Consume(context.Background(), quota.Use{Subject: "u", Action: "export.svg", Amount: 1})
+	if !errors.Is(err, quota.ErrUnknownAction) {
+		t.Errorf("unknown action: error = %v; want ErrUnknownAction", err)
+	}
+}
+
+func TestLevels(t *testing.T) {
+	tests := []struct {
+		name       string
+		thresholds quota.Thresholds
+		used       int64 // of 100
+		want       quota.Level
+	}{
+		{"default ok", quota.Thresholds{}, 79, quota.LevelOK},
+		{"default warning", quota.Thresholds{}, 80, quota.LevelWarning},
+		{"default critical", quota.Thresholds{}, 90, quota.LevelCritical},
+		{"default exceeded", quota.Thresholds{}, 100, quota.LevelExceeded},
+		{"custom ok", quota.Thresholds{Warning: 50, Critical: 75, Exceeded: 95}, 49, quota.LevelOK},
+		{"custom warning", quota.Thresholds{Warning: 50, Critical: 75, Exceeded: 95}, 50, quota.LevelWarning},
+		{"custom critical", quota.Thresholds{Warning: 50, Critical: 75, Exceeded: 95}, 75, quota.LevelCritical},
+		{"custom exceeded", quota.Thresholds{Warning: 50, Critical: 75, Exceeded: 95}, 95, quota.LevelExceeded},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q, _ := newTestQuota(t, quota.Config{Thresholds: tt.thresholds})
+			subscribe(t, q, quota.Subscription{Subject: "u", Plan: "PRO"})
+			d := consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: tt.used})
+			if d.Level != tt.want || d.Percent != float64(tt.used) {
+				t.Errorf("level at %d%% = %s (%v%%); want %s", tt.used, d.Level, d.Percent, tt.want)
+			}
+		})
+	}
+	if _, err := quota.New(quota.NewMemoryStore(), quota.Config{Plans: testPlans, Thresholds: quota.Thresholds{Warning: 90, Critical: 80, Exceeded: 100}}); err == nil {
+		t.Errorf("New with warning > critical: no error")
+	}
+}
+
+func TestUnlimited(t *testing.T) {
+	q, _ := newTestQuota(t, quota.Config{})
+	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "FREE"})
+	d := consume(t, q, quota.Use{Subject: "u", Action: "procedure.view", Amount: 1_000_000})
+	want := quota.LimitStatus{
+		Period:      quota.PeriodMonth,
+		Limit:       quota.Unlimited,
+		Used:        1_000_000,
+		Remaining:   quota.Unlimited,
+		Level:       quota.LevelOK,
+		PeriodStart: d.PeriodStart,
+		ResetAt:     d.ResetAt,
+	}
+	if diff := cmp.Diff(want, d.LimitStatus); diff != "" || !d.Allowed {
+		t.Errorf("unlimited use (-want +got):\n%s", diff)
+	}
+}
+
+func TestDecisionErrAndRetryAfter(t *testing.T) {
+	q, clk := newTestQuota(t, quota.Config{})
+	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "FREE", Anchor: time.Date(2026, time.January, 15, 0, 0, 0, 0, time.UTC)})
+	d := consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 5})
+	if d.Err() != nil || d.RetryAfter(clk.Now()) != 0 {
+		t.Fatalf("allowed decision: Err() = %v, RetryAfter = %v; want nil, 0", d.Err(), d.RetryAfter(clk.Now()))
+	}
+	d = consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1})
+	var ee *quota.ExceededError
+	if err := d.Err(); !errors.Is(err, quota.ErrExceeded) || !errors.As(err, &ee) || ee.Decision.Used != 5 {
+		t.Fatalf("denied decision: Err() = %v; want an *ExceededError matching ErrExceeded", err)
+	}
+	// Now is 10 March 12:00; the window resets on 15 March 00:00.
+	if got, want := d.RetryAfter(clk.Now()), 4*24*time.Hour+12*time.Hour; got != want {
+		t.Errorf("RetryAfter() = %v; want %v", got, want)
+	}
+	if got, want := d.RetryAfter(clk.Now().Add(-time.Millisecond)), 4*24*time.Hour+12*time.Hour+time.Second; got != want {
+		t.Errorf("RetryAfter() rounds up: %v; want %v", got, want)
+	}
+}
+
+// The engine caches windows; a use on either side of a boundary must land
+// in its own window.
+func TestWindowBoundaries(t *testing.T) {
+	q, clk := newTestQuota(t, quota.Config{})
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Skipf("no time zone data: %v", err)
+	}
+	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "FREE", TimeZone: "America/New_York", Anchor: time.Date(2026, time.January, 31, 15, 0, 0, 0, ny)})
+	// The window anchored on the 31st in New York ends at midnight local
+	// time on 31 March.
+	end := time.Date(2026, time.March, 31, 0, 0, 0, 0, ny)
+	for _, tt := range []struct {
+		at        time.Time
+		wantStart time.Time
+		wantUsed  int64
+	}{
+		{end.Add(-time.Nanosecond), time.Date(2026, time.February, 28, 0, 0, 0, 0, ny), 1},
+		{end, end, 1},
+		{end.Add(-time.Nanosecond), time.Date(2026, time.February, 28, 0, 0, 0, 0, ny), 2},
+		{end.Add(time.Hour), end, 2},
+	} {
+		clk.Set(tt.at)
+		d := consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1})
+		if !d.PeriodStart.Equal(tt.wantStart) || d.Used != tt.wantUsed {
+			t.Errorf("at %v: window from %v with %d used; want from %v with %d", tt.at, d.PeriodStart, d.Used, tt.wantStart, tt.wantUsed)
+		}
+	}
+}
+
+func TestHasFeature(t *testing.T) {
+	q, _ := newTestQuota(t, quota.Config{DefaultPlan: "FREE"})
+	ctx := context.Background()
+	subscribe(t, q, quota.Subscription{Subject: "pro", Plan: "PRO"})
+	tests := []struct {
+		subject, feature string
+		want             bool
+	}{
+		{"pro", "api_access", true},
+		{"pro", "white_labeling", false},
+		{"nobody", "api_access", false}, // default plan FREE
+	}
+	for _, tt := range tests {
+		got, err := q.HasFeature(ctx, tt.subject, tt.feature)
+		if err != nil || got != tt.want {
+			t.Errorf("HasFeature(%q, %q) = %t, %v; want %t", tt.subject, tt.feature, got, err, tt.want)
+		}
+	}
+	if _, err := q.HasFeature(ctx, "pro", ""); !errors.Is(err, quota.ErrInvalidName) {
+		t.Errorf("HasFeature(empty) error = %v; want ErrInvalidName", err)
+	}
+}
+
+func TestSubscribeValidates(t *testing.T) {
+	q, _ := newTestQuota(t, quota.Config{})
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		sub  quota.Subscription
+		want error
+	}{
+		{"empty subject", quota.Subscription{Plan: "FREE"}, quota.ErrInvalidSubject},
+		{"unknown plan", quota.Subscription{Subject: "u", Plan: "GOLD"}, quota.ErrUnknownPlan},
+		{"unknown zone", quota.Subscription{Subject: "u", Plan: "FREE", TimeZone: "Mars/Olympus_Mons"}, quota.ErrInvalidSubscription},
+	}
+	for _, tt := range tests {
+		if err := q.Subscribe(ctx, tt.sub); !errors.Is(err, tt.want) {
+			t.Errorf("%s: Subscribe() error = %v; want %v", tt.name, err, tt.want)
+		}
+	}
+	if _, err := q.Subscription(ctx, "u"); !errors.Is(err, quota.ErrNoSubscription) {
+		t.Errorf("after failed Subscribes: Subscription() error = %v; want ErrNoSubscription", err)
+	}
+}
+
+func TestQuotaClose(t *testing.T) {
+	q, _ := newTestQuota(t, quota.Config{DefaultPlan: "FREE"})
+	ctx := context.Background()
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Close(); err != nil {
+		t.Errorf("second Close() = %v; want nil", err)
+	}
+	if _, err := q.Consume(ctx, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1}); !errors.Is(err, quota.ErrClosed) {
+		t.Errorf("Consume after Close: error = %v; want ErrClosed", err)
+	}
+	if _, err := q.Usage(ctx, "u"); !errors.Is(err, quota.ErrClosed) {
+		t.Errorf("Usage after Close: error = %v; want ErrClosed", err)
+	}
+}
