@@ -592,9 +592,6 @@ func (q *Quota) prepare(ctx context.Context, u Use, m mode, p *prepared, buf []C
 	case u.Amount < 0 && m == modeReserve:
 		return fmt.Errorf("%w: cannot reserve a negative amount", ErrInvalidAmount)
 	}
-	if !q.actions[u.Action] {
-		return fmt.Errorf("%q: %w", u.Action, ErrUnknownAction)
-	}
 	p.u = u
 	if u.Metadata != nil {
 		b, err := json.Marshal(u.Metadata)
@@ -613,6 +610,9 @@ func (q *Quota) prepare(ctx context.Context, u Use, m mode, p *prepared, buf []C
 	}
 	p.sub = sub
 	p.limits = sub.limits(u.Action)
+	if &p.limits[0] == &blocked[0] && !q.actions[u.Action] {
+		return fmt.Errorf("%q: %w", u.Action, ErrUnknownAction)
+	}
 	if u.Amount < 0 && !p.limits[0].IsAllocation() {
 		return fmt.Errorf("%w: %d: %q has no allocation limit to release", ErrInvalidAmount, u.Amount, u.Action)
 	}
@@ -802,7 +802,8 @@ var opPool = sync.Pool{New: func() any { return new(opBuf) }}
 // release clears b, so that the pool keeps no caller data, and returns it
 // to the pool.
 func (b *opBuf) release() {
-	*b = opBuf{}
+	clear(b.op.Counters)
+	b.op = Op{}
 	opPool.Put(b)
 }
 
