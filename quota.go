@@ -856,12 +856,6 @@ func (q *Quota) decide(d *Decision, p *prepared, cs []Counter, evaluate bool) {
 	d.LimitStatus = d.Limits[decisive]
 }
 
-func (q *Quota) status(l Limit, used int64, c *CounterOp) LimitStatus {
-	var st LimitStatus
-	q.setStatus(&st, l, used, c)
-	return st
-}
-
 func (q *Quota) setStatus(st *LimitStatus, l Limit, used int64, c *CounterOp) {
 	*st = LimitStatus{
 		Period:      l.Period,
