@@ -222,7 +222,9 @@ type Subscription struct {
 	Plan string `json:"plan"`
 	// Anchor is the billing anchor: monthly and yearly windows begin on
 	// its day of month (clamped to short months) at midnight in
-	// TimeZone. Default: the time of Subscribe.
+	// TimeZone. Default: the anchor of the subject's current
+	// subscription, so that a plan change keeps the billing month; for a
+	// new subject, the time of Subscribe.
 	Anchor time.Time `json:"anchor"`
 	// TimeZone is the IANA name of the zone in which the subject's days,
 	// weeks and months begin. Default "UTC".
@@ -370,7 +372,17 @@ func (q *Quota) Subscribe(ctx context.Context, s Subscription) error {
 		return fmt.Errorf("quota: subscribe %q: %w", s.Subject, err)
 	}
 	if s.Anchor.IsZero() {
-		s.Anchor = q.now()
+		// Keep the billing anchor of a plan change; start a new
+		// subscription now.
+		old, err := q.store.GetSubscription(ctx, s.Subject)
+		switch {
+		case err == nil:
+			s.Anchor = old.Anchor
+		case errors.Is(err, ErrNoSubscription):
+			s.Anchor = q.now()
+		default:
+			return fmt.Errorf("quota: subscribe %q: %w", s.Subject, err)
+		}
 	}
 	s.Anchor = s.Anchor.UTC()
 	if len(s.Overrides) > 0 {
@@ -766,11 +778,15 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (*Hol
 		return nil, fmt.Errorf("quota: %s %q %q: store returned %d counters for %d", modeNames[m], u.Subject, u.Action, len(res.Counters), len(p.counters))
 	}
 	if res.Replayed {
+		// The first use's figures, in the first use's windows.
+		for i := range p.counters {
+			p.counters[i].Start, p.counters[i].End = res.Counters[i].Start, res.Counters[i].End
+		}
 		q.decide(d, &p, res.Counters, false)
 		d.Replayed, d.RecordID = true, res.RecordID
 		var h *Hold
 		if res.HoldID != "" {
-			h = &Hold{ID: res.HoldID}
+			h = &Hold{ID: res.HoldID, ExpiresAt: res.HoldExpiresAt}
 		}
 		return h, nil
 	}

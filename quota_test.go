@@ -207,11 +207,14 @@ func TestAllocationRelease(t *testing.T) {
 }
 
 func TestUpgradeCountsUsageAgainstNewLimits(t *testing.T) {
-	q, _ := newTestQuota(t, quota.Config{})
+	q, clk := newTestQuota(t, quota.Config{})
 	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "FREE"})
 	for range 5 {
 		consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1})
 	}
+	// Ten days later, a Subscribe without an anchor keeps the billing
+	// month of the first one.
+	clk.Set(clk.Now().Add(10 * 24 * time.Hour))
 	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "PRO"})
 	d := consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1})
 	if !d.Allowed || d.Used != 6 || d.Limit != 100 || d.Plan != "PRO" {

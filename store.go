@@ -111,10 +111,13 @@ type CounterOp struct {
 // Op is one use, as the Quota hands it to Store.Apply. Apply performs,
 // atomically:
 //
-//  1. If Record.Key is not empty and a use of Record.Subject already
-//     carried that key: when Fingerprint differs it returns an error
-//     matching ErrIdempotencyConflict; otherwise it returns the first
-//     use's outcome with Replayed set. Nothing is written.
+//  1. If Record.Key is not empty and an applied use of Record.Subject
+//     already carried that key: when Fingerprint differs it returns an
+//     error matching ErrIdempotencyConflict; otherwise it returns the
+//     first use's ApplyResult (its counters as they stood after it, in
+//     its windows; its RecordID, or its HoldID and HoldExpiresAt) with
+//     Replayed set. Nothing is written. A refused use does not claim
+//     its key.
 //  2. For every counter, with a = Record.Amount, used = Used and
 //     cur = Used + Held (unexpired holds at Now): the use is refused if
 //     Enforce is set, a > 0, Max is not Unlimited and cur + a > Max; it is
@@ -166,6 +169,8 @@ type ApplyResult struct {
 	RecordID int64
 	// HoldID is the ID of the hold created, when one was.
 	HoldID string
+	// HoldExpiresAt is when that hold expires.
+	HoldExpiresAt time.Time
 }
 
 // Record is one use in the ledger.

@@ -41,6 +41,7 @@ type memOutcome struct {
 	counters    []Counter
 	recordID    int64
 	holdID      string
+	holdExpires time.Time
 }
 
 type memHold struct {
@@ -109,7 +110,7 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 			if o.fingerprint != op.Fingerprint {
 				return ApplyResult{}, ErrIdempotencyConflict
 			}
-			return ApplyResult{Applied: true, Replayed: true, Counters: append([]Counter(nil), o.counters...), RecordID: o.recordID, HoldID: o.holdID}, nil
+			return ApplyResult{Applied: true, Replayed: true, Counters: append([]Counter(nil), o.counters...), RecordID: o.recordID, HoldID: o.holdID, HoldExpiresAt: o.holdExpires}, nil
 		}
 	}
 
@@ -150,7 +151,7 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 		h = &memHold{id: op.Hold.ID, expires: op.Hold.ExpiresAt, amount: a, record: r}
 		h.record.Metadata = append([]byte(nil), r.Metadata...)
 		s.holds[h.id] = h
-		res.HoldID = h.id
+		res.HoldID, res.HoldExpiresAt = h.id, h.expires
 	}
 	for i, co := range op.Counters {
 		c := cs[i]
@@ -185,6 +186,7 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 			counters:    append([]Counter(nil), out...),
 			recordID:    res.RecordID,
 			holdID:      res.HoldID,
+			holdExpires: res.HoldExpiresAt,
 		}
 	}
 	return res, nil
