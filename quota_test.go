@@ -479,3 +479,37 @@ func TestQuotaClose(t *testing.T) {
 		t.Errorf("Usage after Close: error = %v; want ErrClosed", err)
 	}
 }
+
+func TestUsageReportsPreviousWindow(t *testing.T) {
+	q, clk := newTestQuota(t, quota.Config{})
+	ctx := context.Background()
+	anchor := time.Date(2026, time.January, 31, 0, 0, 0, 0, time.UTC)
+	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "FREE", Anchor: anchor})
+	clk.Set(time.Date(2026, time.February, 20, 8, 0, 0, 0, time.UTC))
+	consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 3})
+	consume(t, q, quota.Use{Subject: "u", Action: "storage.bytes", Amount: 40})
+	clk.Set(time.Date(2026, time.March, 2, 8, 0, 0, 0, time.UTC))
+	consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1})
+	r, err := q.Usage(ctx, "u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]quota.WindowUsage{}
+	for _, a := range r.Actions {
+		got[a.Action] = a.Previous
+	}
+	want := map[string][]quota.WindowUsage{
+		// The window anchored on 31 January ran from 28 February to 31
+		// March; the one before it from 31 January.
+		"diagram.upload": {{Start: anchor, End: time.Date(2026, time.February, 28, 0, 0, 0, 0, time.UTC), Used: 3}},
+		"ai.analysis": {
+			{Start: time.Date(2026, time.March, 1, 0, 0, 0, 0, time.UTC), End: time.Date(2026, time.March, 2, 0, 0, 0, 0, time.UTC)},
+			{Start: anchor, End: time.Date(2026, time.February, 28, 0, 0, 0, 0, time.UTC)},
+		},
+		"procedure.view": {{Start: anchor, End: time.Date(2026, time.February, 28, 0, 0, 0, 0, time.UTC)}},
+		"storage.bytes":  {{}}, // an allocation has no previous window
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Usage previous windows (-want +got):\n%s", diff)
+	}
+}

@@ -82,12 +82,15 @@ func testUsage(t *testing.T, s *suite) {
 	c := month(quota.Unlimited, 7, quota.Unlimited, 0, quota.LevelOK)
 	d := quota.LimitStatus{Period: quota.PeriodNone, Limit: 0, Percent: 100, Level: quota.LevelExceeded}
 	ee := quota.LimitStatus{Period: quota.PeriodNone, Limit: 1000, MaxPerUse: 100, Used: 1000, Percent: 100, Level: quota.LevelExceeded}
+	// Nothing was used in the windows before the current ones.
+	lastMonth := quota.WindowUsage{Start: anchor0.AddDate(0, -1, 0), End: anchor0}
+	lastDay := quota.WindowUsage{Start: anchor0.AddDate(0, 0, 13), End: day}
 	want := quota.Report{Subject: subj, Plan: "P", At: e.clock.Now(), Features: []string{"api_access", "team"}, Actions: []quota.ActionUsage{
-		{Action: "a", LimitStatus: a, Limits: []quota.LimitStatus{a}},
-		{Action: "b", LimitStatus: bDay, Limits: []quota.LimitStatus{bDay, month(50, 9, 41, 18, quota.LevelOK)}},
-		{Action: "c", LimitStatus: c, Limits: []quota.LimitStatus{c}},
-		{Action: "d", LimitStatus: d, Limits: []quota.LimitStatus{d}},
-		{Action: "e", LimitStatus: ee, Limits: []quota.LimitStatus{ee}},
+		{Action: "a", LimitStatus: a, Limits: []quota.LimitStatus{a}, Previous: []quota.WindowUsage{lastMonth}},
+		{Action: "b", LimitStatus: bDay, Limits: []quota.LimitStatus{bDay, month(50, 9, 41, 18, quota.LevelOK)}, Previous: []quota.WindowUsage{lastDay, lastMonth}},
+		{Action: "c", LimitStatus: c, Limits: []quota.LimitStatus{c}, Previous: []quota.WindowUsage{lastMonth}},
+		{Action: "d", LimitStatus: d, Limits: []quota.LimitStatus{d}, Previous: []quota.WindowUsage{{}}},
+		{Action: "e", LimitStatus: ee, Limits: []quota.LimitStatus{ee}, Previous: []quota.WindowUsage{{}}},
 	}}
 	if diff := cmp.Diff(want, got, cmpTime); diff != "" {
 		t.Errorf("Usage(%q) (-want +got):\n%s", subj, diff)
