@@ -416,3 +416,104 @@ func (l *ledger) record(w *row) Record {
 	}
 	return r
 }
+
+// Sums adds up the records q selects per bucket.
+func (s *MemoryStore) Sums(ctx context.Context, q SumQuery) ([]Sum, error) {
+	if len(q.Bounds) < 2 {
+		return nil, fmt.Errorf("quota: sums: %d bounds, want at least 2", len(q.Bounds))
+	}
+	if err := s.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	l := &s.records
+	type cell struct {
+		bucket int
+		action uint32
+	}
+	acc := map[cell]*Sum{}
+	var order []cell
+	first, last := q.Bounds[0], q.Bounds[len(q.Bounds)-1]
+	for i := 0; i < l.len(); i++ {
+		w := l.at(i)
+		if q.Subject != "" && l.names[w.subject] != q.Subject || q.Action != "" && l.names[w.action] != q.Action {
+			continue
+		}
+		t := time.Unix(w.sec, int64(w.nsec))
+		if t.Before(first) || !t.Before(last) {
+			continue
+		}
+		b := sort.Search(len(q.Bounds), func(i int) bool { return q.Bounds[i].After(t) }) - 1
+		c := cell{bucket: b}
+		if q.ByAction {
+			c.action = w.action
+		}
+		sum := acc[c]
+		if sum == nil {
+			sum = &Sum{Bucket: b}
+			if q.ByAction {
+				sum.Action = l.names[w.action]
+			}
+			acc[c] = sum
+			order = append(order, c)
+		}
+		sum.Amount += w.amount
+		sum.Count++
+	}
+	out := make([]Sum, 0, len(order))
+	for _, c := range order {
+		out = append(out, *acc[c])
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Bucket != out[j].Bucket {
+			return out[i].Bucket < out[j].Bucket
+		}
+		return out[i].Action < out[j].Action
+	})
+	return out, nil
+}
+
+// Top returns the subjects with the largest totals of q.Action.
+func (s *MemoryStore) Top(ctx context.Context, q TopQuery) ([]SubjectTotal, error) {
+	if err := s.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	l := &s.records
+	action, ok := l.index[q.Action]
+	if !ok {
+		return nil, nil
+	}
+	totals := map[uint32]*SubjectTotal{}
+	for i := 0; i < l.len(); i++ {
+		w := l.at(i)
+		if w.action != action {
+			continue
+		}
+		t := time.Unix(w.sec, int64(w.nsec))
+		if t.Before(q.From) || !t.Before(q.To) {
+			continue
+		}
+		st := totals[w.subject]
+		if st == nil {
+			st = &SubjectTotal{Subject: l.names[w.subject]}
+			totals[w.subject] = st
+		}
+		st.Amount += w.amount
+		st.Count++
+	}
+	out := make([]SubjectTotal, 0, len(totals))
+	for _, st := range totals {
+		out = append(out, *st)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Amount != out[j].Amount {
+			return out[i].Amount > out[j].Amount
+		}
+		return out[i].Subject < out[j].Subject
+	})
+	if len(out) > q.Limit {
+		out = out[:q.Limit]
+	}
+	return out, nil
+}

@@ -89,6 +89,7 @@ var cases = []struct {
 	{"StoreOps", testStoreOps},
 	{"Close", testClose},
 	{"Overflow", testOverflow},
+	{"Analytics", testAnalytics},
 }
 
 // suite is the state shared by the cases of one Run.
