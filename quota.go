@@ -60,6 +60,26 @@ type Config struct {
 	// Thresholds are the percentages at which levels begin. Default
 	// DefaultThresholds.
 	Thresholds Thresholds
+
+	// Notify, when set, is called once per subject, limit, window and
+	// level, when a use (Consume, Track or Reserve) first brings the
+	// limit's usage, reservations included, to the level's threshold.
+	// The mark is written with the use, so that exactly one use crosses
+	// each threshold, whatever the number of goroutines and processes
+	// sharing the store. Notify runs on a goroutine of the Quota, one
+	// call at a time, never on the caller's: a use only queues it, and
+	// never waits for or fails because of it. Close delivers what is
+	// queued before it returns. Notifications still queued when the
+	// process dies are lost. Default nil: no notifications.
+	Notify func(ctx context.Context, n Notification) error
+
+	// NotifyTimeout bounds each call of Notify: its context expires
+	// then. Default DefaultNotifyTimeout.
+	NotifyTimeout time.Duration
+
+	// OnError receives the errors Notify returns and its panics.
+	// Default: logged with slog.Default at level Error.
+	OnError func(error)
 }
 
 // Thresholds are the percentages of a limit at which the warning, critical
@@ -250,6 +270,9 @@ type Quota struct {
 	levels  Thresholds
 	locs    sync.Map // time zone name -> *time.Location
 	windows windowCache
+
+	notifier  *notifier // nil without Config.Notify
+	closeOnce sync.Once
 	closed  atomic.Bool
 }
 
@@ -297,14 +320,23 @@ func New(store Store, cfg Config) (*Quota, error) {
 	if t := q.levels; !(t.Warning > 0 && t.Warning <= t.Critical && t.Critical <= t.Exceeded) {
 		return nil, fmt.Errorf("quota: new: thresholds %v: want 0 < warning <= critical <= exceeded", t)
 	}
+	if cfg.Notify != nil {
+		q.notifier = newNotifier(cfg.Notify, cfg.OnError, cfg.NotifyTimeout)
+	}
 	return q, nil
 }
 
-// Close marks q closed: every later call returns ErrClosed. It does not
-// close the store, which the caller opened. Close returns nil, also when
-// called again.
+// Close marks q closed: every later call returns ErrClosed. It delivers
+// the notifications still queued (see Config.Notify) before it returns.
+// It does not close the store, which the caller opened. Close returns nil,
+// also when called again.
 func (q *Quota) Close() error {
 	q.closed.Store(true)
+	q.closeOnce.Do(func() {
+		if q.notifier != nil {
+			q.notifier.close()
+		}
+	})
 	return nil
 }
 
@@ -464,6 +496,7 @@ type subscriber struct {
 	plan    *Plan
 	loc     *time.Location
 	windows *windowCache
+	q       *Quota
 }
 
 // windowCache remembers recent windows, since computing one takes several
@@ -519,7 +552,7 @@ func (q *Quota) resolve(ctx context.Context, subject string, now time.Time) (sub
 	if err != nil {
 		return subscriber{}, err
 	}
-	return subscriber{sub: s, plan: p, loc: loc, windows: &q.windows}, nil
+	return subscriber{sub: s, plan: p, loc: loc, windows: &q.windows, q: q}, nil
 }
 
 // blocked stands for an action that the catalog knows and a plan omits.
@@ -550,6 +583,11 @@ func (s *subscriber) appendCounters(dst []CounterOp, action string, limits []Lim
 			End:        end,
 			Max:        l.Max,
 		})
+	}
+	if s.q.notifier != nil {
+		for i := len(dst) - len(limits); i < len(dst); i++ {
+			dst[i].Marks = s.q.marks(dst[i].Max)
+		}
 	}
 	return dst
 }
@@ -804,6 +842,7 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (*Hol
 	}
 	q.decide(d, &p, res.Counters, false)
 	d.RecordID = res.RecordID
+	q.notify(&p, &res)
 	return op.Hold, nil
 }
 

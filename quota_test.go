@@ -3,6 +3,7 @@ package quota_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -511,5 +512,91 @@ func TestUsageReportsPreviousWindow(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("Usage previous windows (-want +got):\n%s", diff)
+	}
+}
+
+// A slow, failing or panicking hook never fails or delays a use: uses
+// only queue notifications; Close delivers them; errors and panics reach
+// OnError.
+func TestNotifyHookNeverBlocksUses(t *testing.T) {
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var levels []quota.Level
+	var errs []error
+	q, _ := newTestQuota(t, quota.Config{
+		Notify: func(ctx context.Context, n quota.Notification) error {
+			<-release
+			mu.Lock()
+			levels = append(levels, n.Level)
+			mu.Unlock()
+			switch n.Level {
+			case quota.LevelCritical:
+				return errors.New("mail server down")
+			case quota.LevelExceeded:
+				panic("hook bug")
+			}
+			return nil
+		},
+		OnError: func(err error) {
+			mu.Lock()
+			errs = append(errs, err)
+			mu.Unlock()
+		},
+	})
+	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "PRO"})
+	// All three levels are crossed while the hook is blocked: if a use
+	// waited for the hook, this would never return.
+	for _, n := range []int64{80, 10, 10} {
+		consume(t, q, quota.Use{Subject: "u", Action: "diagram.upload", Amount: n})
+	}
+	close(release)
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if diff := cmp.Diff([]quota.Level{quota.LevelWarning, quota.LevelCritical, quota.LevelExceeded}, levels); diff != "" {
+		t.Errorf("levels notified (-want +got):\n%s", diff)
+	}
+	if len(errs) != 2 {
+		t.Fatalf("OnError got %d errors (%v); want 2: the hook's error and its panic", len(errs), errs)
+	}
+	for i, want := range []string{"mail server down", "panic: hook bug"} {
+		if !strings.Contains(errs[i].Error(), want) {
+			t.Errorf("OnError error %d = %v; want it to mention %q", i, errs[i], want)
+		}
+	}
+}
+
+func TestNotifyMarksFollowThresholds(t *testing.T) {
+	var mu sync.Mutex
+	var used []int64
+	q, _ := newTestQuota(t, quota.Config{
+		Thresholds: quota.Thresholds{Warning: 33.3, Critical: 66.7, Exceeded: 100},
+		Notify: func(_ context.Context, n quota.Notification) error {
+			mu.Lock()
+			defer mu.Unlock()
+			used = append(used, n.Used)
+			return nil
+		},
+	})
+	subscribe(t, q, quota.Subscription{Subject: "u", Plan: "FREE"})
+	// FREE allows 3 AI analyses a month and 2 a day: 33.3 % of 3 is 1 use,
+	// 66.7 % is 2.01, so 3; of 2 a day, 1 and 2.
+	for range 3 {
+		d := consume(t, q, quota.Use{Subject: "u", Action: "ai.analysis", Amount: 1})
+		if !d.Allowed && d.Used != 2 {
+			t.Fatalf("decision %+v", d)
+		}
+	}
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// Use 1: day warning (1 of 2), month warning (1 of 3). Use 2: day
+	// critical and exceeded (2 of 2). Use 3 is refused.
+	if diff := cmp.Diff([]int64{1, 1, 2, 2}, used); diff != "" {
+		t.Errorf("used at each notification (-want +got):\n%s", diff)
 	}
 }

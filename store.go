@@ -106,6 +106,16 @@ type CounterOp struct {
 	CounterKey
 	End time.Time // see Counter.End
 	Max int64     // the bound; Unlimited for none
+	// Marks are the amounts of Used + Held at which LevelWarning,
+	// LevelCritical and LevelExceeded begin, for threshold
+	// notifications; 0 where none is wanted.
+	Marks [3]int64
+}
+
+// Crossing is a level that a use reached first in its counter's window.
+type Crossing struct {
+	Counter int   // index in Op.Counters
+	Level   Level // LevelWarning, LevelCritical or LevelExceeded
 }
 
 // Op is one use, as the Quota hands it to Store.Apply. Apply performs,
@@ -130,6 +140,11 @@ type CounterOp struct {
 //     (if any) is remembered with the outcome. With Hold set: a hold of a
 //     on every counter is created instead, to count until Hold.ExpiresAt
 //     or until Commit or Cancel; no record is written until Commit.
+//  4. In the same atomic step as 3, for every counter and every level l
+//     with Marks[l-1] > 0 and Marks[l-1] <= Used + Held after the use,
+//     the level is marked on the counter if it was not marked before,
+//     and reported in ApplyResult.Crossed. A level is marked at most once
+//     per counter, whatever the number of processes sharing the store.
 //
 // Counters are sorted by CounterKey.Less and distinct.
 type Op struct {
@@ -171,6 +186,9 @@ type ApplyResult struct {
 	HoldID string
 	// HoldExpiresAt is when that hold expires.
 	HoldExpiresAt time.Time
+	// Crossed lists the levels this use marked first (step 4), ordered
+	// by counter and level. Empty when replayed or refused.
+	Crossed []Crossing
 }
 
 // Record is one use in the ledger.

@@ -28,6 +28,7 @@ type MemoryStore struct {
 
 type memCounter struct {
 	subject, action uint32 // interned in the ledger
+	marked          uint8  // bit l-1 set: level l was marked
 	end             time.Time
 	used            int64
 	limit           int64
@@ -179,6 +180,15 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 		r.ID = s.nextID
 		s.records.append(&r, cs[0].subject, cs[0].action)
 		res.RecordID = r.ID
+	}
+	for i, co := range op.Counters {
+		cur := out[i].Used + out[i].Held
+		for l, m := range co.Marks {
+			if bit := uint8(1) << l; m > 0 && m <= cur && cs[i].marked&bit == 0 {
+				cs[i].marked |= bit
+				res.Crossed = append(res.Crossed, Crossing{Counter: i, Level: Level(l + 1)})
+			}
+		}
 	}
 	if r.Key != "" {
 		s.keys[memKey{r.Subject, r.Key}] = &memOutcome{

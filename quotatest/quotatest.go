@@ -90,6 +90,7 @@ var cases = []struct {
 	{"Close", testClose},
 	{"Overflow", testOverflow},
 	{"Analytics", testAnalytics},
+	{"Notifications", testNotifications},
 }
 
 // suite is the state shared by the cases of one Run.
