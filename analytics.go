@@ -30,7 +30,8 @@ type SeriesQuery struct {
 	ByAction bool
 	// Dense includes buckets without usage, with zero amounts. With
 	// ByAction, it does so for every action that has usage in the range
-	// and, when Subject is set, every action of the subject's plan.
+	// and, when Subject is set, every action of the subject's plan and
+	// overrides.
 	Dense bool
 }
 
@@ -71,13 +72,13 @@ func (q *Quota) Series(ctx context.Context, sq SeriesQuery) ([]Point, error) {
 	if err != nil {
 		return nil, fmt.Errorf("quota: series: %w", err)
 	}
-	var plan *Plan
+	var planned []string // the actions of the subject's plan and overrides
 	zone := sq.TimeZone
 	if sq.Subject != "" {
 		s, err := q.resolve(ctx, sq.Subject, q.now())
 		switch {
 		case err == nil:
-			plan = s.plan
+			planned = s.actions()
 			if zone == "" {
 				zone = s.sub.TimeZone
 			}
@@ -123,8 +124,8 @@ func (q *Quota) Series(ctx context.Context, sq SeriesQuery) ([]Point, error) {
 		switch {
 		case sq.Action != "":
 			actions[sq.Action] = true
-		case plan != nil:
-			for a := range plan.Limits {
+		default:
+			for _, a := range planned {
 				actions[a] = true
 			}
 		}

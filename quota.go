@@ -273,7 +273,7 @@ type Quota struct {
 
 	notifier  *notifier // nil without Config.Notify
 	closeOnce sync.Once
-	closed  atomic.Bool
+	closed    atomic.Bool
 }
 
 // New returns a Quota enforcing cfg.Plans over store. It does no I/O.
@@ -566,6 +566,18 @@ func (s *subscriber) limits(action string) []Limit {
 		return ls
 	}
 	return blocked
+}
+
+// actions returns the actions of the plan and the overrides, in order.
+func (s *subscriber) actions() []string {
+	actions := s.plan.Actions()
+	for a := range s.sub.Overrides {
+		if _, ok := s.plan.Limits[a]; !ok {
+			actions = append(actions, a)
+		}
+	}
+	sort.Strings(actions)
+	return actions
 }
 
 func (s *subscriber) counters(action string, limits []Limit, now time.Time) []CounterOp {
@@ -1061,9 +1073,12 @@ func (q *Quota) HasFeature(ctx context.Context, subject, feature string) (bool, 
 // Report is a subject's usage of every action of its plan at one instant,
 // for a dashboard.
 type Report struct {
-	Subject  string        `json:"subject"`
-	Plan     string        `json:"plan"`
-	At       time.Time     `json:"at"`
+	Subject string    `json:"subject"`
+	Plan    string    `json:"plan"`
+	At      time.Time `json:"at"`
+	// TimeZone is the IANA zone in which the subject's days, weeks and
+	// months begin.
+	TimeZone string        `json:"time_zone"`
 	Actions  []ActionUsage `json:"actions"`
 	Features []string      `json:"features"`
 }
@@ -1101,13 +1116,7 @@ func (q *Quota) Usage(ctx context.Context, subject string) (Report, error) {
 	if err != nil {
 		return Report{}, fmt.Errorf("quota: usage %q: %w", subject, err)
 	}
-	actions := s.plan.Actions()
-	for a := range s.sub.Overrides {
-		if _, ok := s.plan.Limits[a]; !ok {
-			actions = append(actions, a)
-		}
-	}
-	sort.Strings(actions)
+	actions := s.actions()
 	// One read for the current windows and, after them, the previous
 	// ones.
 	var keys []CounterKey
@@ -1134,7 +1143,7 @@ func (q *Quota) Usage(ctx context.Context, subject string) (Report, error) {
 	if len(cs) != len(keys) {
 		return Report{}, fmt.Errorf("quota: usage %q: store returned %d counters for %d keys", subject, len(cs), len(keys))
 	}
-	r := Report{Subject: subject, Plan: s.plan.Name, At: now.UTC(), Features: append([]string{}, s.plan.Features...)}
+	r := Report{Subject: subject, Plan: s.plan.Name, At: now.UTC(), TimeZone: s.loc.String(), Features: append([]string{}, s.plan.Features...)}
 	i, k := 0, len(ops)
 	for _, a := range actions {
 		limits := s.limits(a)

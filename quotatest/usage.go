@@ -85,7 +85,7 @@ func testUsage(t *testing.T, s *suite) {
 	// Nothing was used in the windows before the current ones.
 	lastMonth := quota.WindowUsage{Start: anchor0.AddDate(0, -1, 0), End: anchor0}
 	lastDay := quota.WindowUsage{Start: anchor0.AddDate(0, 0, 13), End: day}
-	want := quota.Report{Subject: subj, Plan: "P", At: e.clock.Now(), Features: []string{"api_access", "team"}, Actions: []quota.ActionUsage{
+	want := quota.Report{Subject: subj, Plan: "P", At: e.clock.Now(), TimeZone: "UTC", Features: []string{"api_access", "team"}, Actions: []quota.ActionUsage{
 		{Action: "a", LimitStatus: a, Limits: []quota.LimitStatus{a}, Previous: []quota.WindowUsage{lastMonth}},
 		{Action: "b", LimitStatus: bDay, Limits: []quota.LimitStatus{bDay, month(50, 9, 41, 18, quota.LevelOK)}, Previous: []quota.WindowUsage{lastDay, lastMonth}},
 		{Action: "c", LimitStatus: c, Limits: []quota.LimitStatus{c}, Previous: []quota.WindowUsage{lastMonth}},

@@ -1,0 +1,393 @@
+package quota
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// MaxUsageDays is the largest number of days that UsageHandler serves a
+// daily series for (?days=N).
+const MaxUsageDays = 366
+
+// UsageResponse is the body of a 200 response of UsageHandler: the
+// subject's Report (with the time zone of its days) and, on request, its
+// daily usage per action. UsageHandler's documentation describes every
+// field.
+type UsageResponse struct {
+	Report
+	// Daily is the usage per action and day of the days asked for with
+	// ?days=N; nil (omitted) otherwise.
+	Daily []ActionSeries `json:"daily,omitzero"`
+}
+
+// ActionSeries is the usage of one action over consecutive buckets.
+type ActionSeries struct {
+	Action string `json:"action"`
+	// Points are the buckets in time order, with zeros where nothing
+	// was used. Their Action is empty.
+	Points []Point `json:"points"`
+}
+
+// UsageHandlerOption configures UsageHandler. The functions named
+// Usage... return them; the zero configuration is described by each
+// option's default.
+type UsageHandlerOption func(*usageHandlerConfig)
+
+type usageHandlerConfig struct {
+	onError      func(*http.Request, error)
+	unauthorized http.Handler
+}
+
+// UsageErrorHook sets the function told of every error that UsageHandler
+// meets: store failures (answered 503) and a plan that the catalog no
+// longer defines (answered 403). Default: log them with slog.Default at
+// level Error.
+func UsageErrorHook(f func(*http.Request, error)) UsageHandlerOption {
+	return func(c *usageHandlerConfig) { c.onError = f }
+}
+
+// UsageUnauthorized sets the handler that answers when the subject
+// function fails or returns "" (to add a WWW-Authenticate field, or
+// redirect to a login page). Default: a 401 problem response.
+func UsageUnauthorized(h http.Handler) UsageHandlerOption {
+	return func(c *usageHandlerConfig) { c.unauthorized = h }
+}
+
+// UsageHandler returns a handler that serves the current subject's usage
+// as JSON, for a dashboard: q.Usage of the subject, its time zone and,
+// with the query ?days=N, its daily usage of every action over the last N
+// days. It is safe for concurrent use, and works with http.ServeMux and
+// any router. subject names who is asking, as for Middleware (usually the
+// same function): nothing of the request is trusted otherwise.
+//
+// A request is answered as follows; each error response is an RFC 9457
+// problem (Content-Type ContentTypeProblem, a Problem body that never
+// holds an error's text):
+//
+//   - 405 to a method other than GET and HEAD, with Allow: GET, HEAD.
+//   - 401 when subject(r) fails, returns "" or returns a name that
+//     ValidateName refuses (or the UsageUnauthorized handler).
+//   - 400 when the query has a days parameter that is not one decimal
+//     integer from 1 to MaxUsageDays (366), without sign or leading zero,
+//     or has it more than once.
+//   - 403, type ProblemTypeNoSubscription, to a subject with no
+//     subscription while Config.DefaultPlan is empty, or whose plan the
+//     catalog no longer defines (also reported to the error hook).
+//   - 503 with Retry-After (DefaultUnavailableRetryAfter) to any other
+//     error of the engine or the store (ErrClosed, a cancelled request,
+//     a store without analytics asked for days), reported to the error
+//     hook (UsageErrorHook, default slog).
+//   - 200 otherwise: Content-Type application/json, a UsageResponse. A
+//     HEAD request gets the same status and headers without the body.
+//
+// Every response has Cache-Control: no-store, and every response it
+// writes X-Content-Type-Options: nosniff and a Content-Length. The 200 body is one JSON object; its field names are stable.
+// Times are RFC 3339 strings in UTC; amounts are integers in the unit of
+// the action (uses, bytes, seats). Its fields:
+//
+//   - subject (string): the subject, as subject(r) named it.
+//   - plan (string): the name of the plan in force now (after a plan
+//     change scheduled by SchedulePlan has taken effect).
+//   - at (time): the instant of the report; the days end with the one
+//     that holds it.
+//   - time_zone (string): the IANA zone in which the subject's days,
+//     weeks and months begin ("UTC" by default); show reset times and
+//     the daily buckets in it.
+//   - features (array of strings): the features the plan grants, in
+//     alphabetical order; [] when none.
+//   - actions (array): one object per action that the plan or the
+//     subject's overrides limit, in action-name order. Its members
+//     describe the action's most used limit (highest percent; the first
+//     of equals), then every limit:
+//   - actions[].action (string): the action, "diagram.upload".
+//   - actions[].period (string): "hour", "day", "week", "month" or
+//     "year" for a counter that resets; "none" for an allocation (storage
+//     bytes, seats) that goes up with use and down with release.
+//   - actions[].limit (integer): the most the period allows; -1
+//     (Unlimited) for no limit; 0 when the plan does not include the
+//     action (percent is then 100 and level "exceeded": show it as not
+//     included rather than as a warning).
+//   - actions[].max_per_use (integer): the largest single use (a file
+//     size cap, in the action's unit); omitted when there is none.
+//   - actions[].used (integer): what is counted in the current window
+//     (for an allocation: what is allocated now), reservations included.
+//   - actions[].remaining (integer): limit - used, at least 0; -1 when
+//     unlimited.
+//   - actions[].percent (number): used as a percentage of limit, not
+//     rounded and possibly over 100; 0 when unlimited, 100 when the limit
+//     is 0.
+//   - actions[].level (string): "ok", "warning" (percent at or above
+//     Thresholds.Warning, default 80), "critical" (default 90) or
+//     "exceeded" (default 100): a toast, a banner, a modal.
+//   - actions[].period_start (time): the start of the current window;
+//     omitted for an allocation.
+//   - actions[].reset_at (time): when the next window starts and the
+//     count resets; omitted for an allocation, which never resets.
+//   - actions[].limits (array): every limit of the action in period
+//     order (an allocation, then hour, day, week, month, year), each with
+//     the members period, limit, max_per_use, used, remaining, percent,
+//     level, period_start and reset_at above.
+//   - actions[].previous (array): for each of limits in the same order,
+//     the window before the current one: start (time), end (time) and
+//     used (integer, what was used in it: "last month"); {"used": 0}
+//     alone for an allocation.
+//   - daily (array): present only with ?days=N. One object per action of
+//     the plan or the overrides and per other action used in those days,
+//     in action-name order:
+//   - daily[].action (string): the action.
+//   - daily[].points (array): exactly N objects, one per calendar day in
+//     time_zone, oldest first, the last being the day that holds the
+//     report's instant (today, still running). A day lasts 23 or 25 hours when clocks
+//     change. Each has start (time, the day's local midnight), end (time,
+//     the next day's), amount (integer, the sum of the amounts recorded
+//     that day, in the action's unit; a release counts negative) and
+//     count (integer, the number of records); 0 and 0 for a day without
+//     usage.
+//
+// UsageHandler panics if q or subject is nil.
+func UsageHandler(q *Quota, subject func(*http.Request) (string, error), opts ...UsageHandlerOption) http.Handler {
+	if q == nil {
+		panic("quota: UsageHandler: nil *Quota")
+	}
+	if subject == nil {
+		panic("quota: UsageHandler: nil subject function")
+	}
+	h := &usageHandler{q: q, subject: subject}
+	for _, o := range opts {
+		if o != nil {
+			o(&h.cfg)
+		}
+	}
+	if h.cfg.onError == nil {
+		h.cfg.onError = func(r *http.Request, err error) {
+			slog.ErrorContext(r.Context(), "quota usage handler", "method", r.Method, "path", r.URL.Path, "err", err)
+		}
+	}
+	return h
+}
+
+type usageHandler struct {
+	q       *Quota
+	subject func(*http.Request) (string, error)
+	cfg     usageHandlerConfig
+}
+
+func (h *usageHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		serveProblem(w, &Problem{
+			Type:   "about:blank",
+			Title:  http.StatusText(http.StatusMethodNotAllowed),
+			Status: http.StatusMethodNotAllowed,
+			Detail: "Use GET or HEAD.",
+		})
+		return
+	}
+	subject, err := h.subject(r)
+	if err != nil || subject == "" || ValidateName(subject) != nil {
+		h.unauthorized(w, r)
+		return
+	}
+	days, ok := parseDays(r.URL.Query())
+	if !ok {
+		serveProblem(w, &Problem{
+			Type:   "about:blank",
+			Title:  http.StatusText(http.StatusBadRequest),
+			Status: http.StatusBadRequest,
+			Detail: fmt.Sprintf("days must be a whole number from 1 to %d.", MaxUsageDays),
+		})
+		return
+	}
+	res, err := h.q.usageResponse(r.Context(), subject, days)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		h.fail(w, r, err) // cannot happen: every field encodes
+		return
+	}
+	b = append(b, '\n')
+	hd := w.Header()
+	hd.Set("Content-Type", "application/json")
+	hd.Set("Content-Length", strconv.Itoa(len(b)))
+	hd.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(b) // the client may be gone; nothing to do
+	}
+}
+
+// parseDays returns the days parameter of query, 0 when it is absent,
+// and false when it is invalid.
+func parseDays(query url.Values) (int, bool) {
+	vs, ok := query["days"]
+	if !ok {
+		return 0, true
+	}
+	if len(vs) != 1 {
+		return 0, false
+	}
+	s := vs[0]
+	if s == "" || len(s) > 3 || s[0] == '0' {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int(s[i]-'0')
+	}
+	return n, n <= MaxUsageDays
+}
+
+// usageResponse builds the body of a 200 response: subject's report and,
+// if days > 0, its daily series of the last days.
+func (q *Quota) usageResponse(ctx context.Context, subject string, days int) (*UsageResponse, error) {
+	rep, err := q.Usage(ctx, subject)
+	if err != nil {
+		return nil, err
+	}
+	res := &UsageResponse{Report: rep}
+	if days == 0 {
+		return res, nil
+	}
+	loc, err := q.location(rep.TimeZone)
+	if err != nil {
+		return nil, err
+	}
+	// The days are the engine's day windows, the last one holding the
+	// report's instant.
+	from, to := window(PeriodDay, rep.At, time.Time{}, loc)
+	for range days - 1 {
+		from, _ = window(PeriodDay, from.Add(-time.Nanosecond), time.Time{}, loc)
+	}
+	points, err := q.Series(ctx, SeriesQuery{
+		Subject:  subject,
+		From:     from,
+		To:       to,
+		Step:     PeriodDay,
+		TimeZone: rep.TimeZone,
+		ByAction: true,
+		Dense:    true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	res.Daily = dailySeries(points, rep.Actions)
+	return res, nil
+}
+
+// dailySeries splits points, ordered by start then action, into one
+// series per action, and adds a series of zeros for every action of
+// actions that has none.
+func dailySeries(points []Point, actions []ActionUsage) []ActionSeries {
+	index := map[string]int{}
+	out := []ActionSeries{}
+	for _, p := range points {
+		i, ok := index[p.Action]
+		if !ok {
+			i = len(out)
+			index[p.Action] = i
+			out = append(out, ActionSeries{Action: p.Action})
+		}
+		p.Action = ""
+		out[i].Points = append(out[i].Points, p)
+	}
+	if len(out) == 0 {
+		return out // no bucket bounds to copy
+	}
+	added := false
+	for _, au := range actions {
+		if _, ok := index[au.Action]; ok {
+			continue
+		}
+		zeros := make([]Point, len(out[0].Points))
+		for j, p := range out[0].Points {
+			zeros[j] = Point{Start: p.Start, End: p.End}
+		}
+		index[au.Action] = len(out)
+		out = append(out, ActionSeries{Action: au.Action, Points: zeros})
+		added = true
+	}
+	if added {
+		sortSeries(out)
+	}
+	return out
+}
+
+func sortSeries(s []ActionSeries) {
+	// Insertion sort: a handful of actions, almost in order.
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j].Action < s[j-1].Action; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+}
+
+func (h *usageHandler) unauthorized(w http.ResponseWriter, r *http.Request) {
+	if h.cfg.unauthorized != nil {
+		h.cfg.unauthorized.ServeHTTP(w, r)
+		return
+	}
+	serveProblem(w, &Problem{
+		Type:   "about:blank",
+		Title:  http.StatusText(http.StatusUnauthorized),
+		Status: http.StatusUnauthorized,
+		Detail: "This request needs valid credentials.",
+	})
+}
+
+// fail answers an error of the engine or the store.
+func (h *usageHandler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, ErrInvalidSubject):
+		h.unauthorized(w, r)
+		return
+	case errors.Is(err, ErrNoSubscription), errors.Is(err, ErrUnknownPlan):
+		if errors.Is(err, ErrUnknownPlan) {
+			h.cfg.onError(r, err)
+		}
+		serveProblem(w, &Problem{
+			Type:   ProblemTypeNoSubscription,
+			Title:  "No subscription",
+			Status: http.StatusForbidden,
+			Detail: "You have no plan.",
+		})
+		return
+	}
+	h.cfg.onError(r, err)
+	w.Header().Set(HeaderRetryAfter, strconv.FormatInt(ceilSeconds(DefaultUnavailableRetryAfter), 10))
+	serveProblem(w, &Problem{
+		Type:   "about:blank",
+		Title:  http.StatusText(http.StatusServiceUnavailable),
+		Status: http.StatusServiceUnavailable,
+		Detail: "Usage is not available right now; try again later.",
+	})
+}
+
+// serveProblem writes p as an RFC 9457 problem response.
+func serveProblem(w http.ResponseWriter, p *Problem) {
+	b, err := json.Marshal(p)
+	if err != nil {
+		// A Problem always encodes; keep the status if it somehow does not.
+		b = []byte(`{"type":"about:blank","status":` + strconv.Itoa(p.Status) + `}`)
+	}
+	b = append(b, '\n')
+	h := w.Header()
+	h.Set("Content-Type", ContentTypeProblem)
+	h.Set("Content-Length", strconv.Itoa(len(b)))
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(p.Status)
+	_, _ = w.Write(b) // the client may be gone; nothing to do
+}
