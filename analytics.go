@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -264,4 +266,149 @@ func (q *Quota) analytics() (analyzer, error) {
 		return nil, fmt.Errorf("the store (%T) does not answer analytics", q.store)
 	}
 	return a, nil
+}
+
+// MaxHistoryPage is the largest page History returns.
+const MaxHistoryPage = 1000
+
+// HistoryQuery selects a subject's records, newest first, a page at a
+// time.
+type HistoryQuery struct {
+	// Subject is whose records. Required.
+	Subject string
+	// Action selects one action; "" selects every action.
+	Action string
+	// From and To bound the records' Time: From <= Time < To. Zero
+	// means unbounded.
+	From, To time.Time
+	// Limit is the page size, from 1 to MaxHistoryPage. Default 100.
+	Limit int
+	// Cursor continues after the page that returned it as Next; "" asks
+	// for the first (newest) page.
+	Cursor string
+}
+
+// Page is one page of History.
+type Page struct {
+	Records []Record `json:"records"`
+	// Next is the cursor of the following (older) page; "" on the last
+	// page.
+	Next string `json:"next,omitempty"`
+}
+
+// History returns a subject's records, newest first, a page at a time.
+// Pages are cut by record ID, so that walking them while uses go on
+// returns every record that existed when the walk began exactly once:
+// new records come before the first page, never between pages.
+func (q *Quota) History(ctx context.Context, hq HistoryQuery) (Page, error) {
+	if err := q.begin(ctx); err != nil {
+		return Page{}, err
+	}
+	if err := checkName(hq.Subject, ErrInvalidSubject); err != nil {
+		return Page{}, fmt.Errorf("quota: history: %w", err)
+	}
+	if err := q.checkFilter("", hq.Action); err != nil {
+		return Page{}, fmt.Errorf("quota: history: %w", err)
+	}
+	if hq.Limit == 0 {
+		hq.Limit = 100
+	}
+	if hq.Limit < 0 || hq.Limit > MaxHistoryPage {
+		return Page{}, fmt.Errorf("quota: history: limit %d: want 1 to %d", hq.Limit, MaxHistoryPage)
+	}
+	var before int64
+	if hq.Cursor != "" {
+		var err error
+		if before, err = parseCursor(hq.Cursor); err != nil {
+			return Page{}, fmt.Errorf("quota: history: %w", err)
+		}
+	}
+	// One more than the page tells whether another page follows.
+	recs, err := q.store.Records(ctx, RecordQuery{
+		Subject:    hq.Subject,
+		Action:     hq.Action,
+		From:       hq.From,
+		To:         hq.To,
+		BeforeID:   before,
+		Descending: true,
+		Limit:      hq.Limit + 1,
+	})
+	if err != nil {
+		return Page{}, fmt.Errorf("quota: history %q: %w", hq.Subject, err)
+	}
+	var p Page
+	if len(recs) > hq.Limit {
+		recs = recs[:hq.Limit]
+		p.Next = formatCursor(recs[len(recs)-1].ID)
+	}
+	p.Records = recs
+	return p, nil
+}
+
+const cursorPrefix = "r1."
+
+func formatCursor(id int64) string { return cursorPrefix + strconv.FormatInt(id, 36) }
+
+func parseCursor(c string) (int64, error) {
+	rest, ok := strings.CutPrefix(c, cursorPrefix)
+	if !ok {
+		return 0, fmt.Errorf("%w: %q", ErrInvalidCursor, c)
+	}
+	id, err := strconv.ParseInt(rest, 36, 64)
+	if err != nil || id <= 0 {
+		return 0, fmt.Errorf("%w: %q", ErrInvalidCursor, c)
+	}
+	return id, nil
+}
+
+// RollupStep is the granularity of the rollups that Prune folds records
+// into: a quarter of an hour, so that the days, weeks and months of every
+// time zone in use (whose offsets are whole quarters of an hour) still add
+// up exactly.
+const RollupStep = 15 * time.Minute
+
+// DefaultPruneBatch is the batch size of Prune when batch is 0.
+const DefaultPruneBatch = 1000
+
+// Prune deletes the ledger records whose Time is before the cutoff, batch
+// records per store call, folding each into a rollup per subject, action
+// and quarter hour (RollupStep) in the same atomic step. Counters (the
+// per-period summaries) are untouched, and Series and TopSubjects answer
+// from rollups where records are gone, exactly for buckets that begin on
+// quarter hours. Records, History and idempotency replays no longer see
+// the pruned records. Prune returns how many records it deleted, also
+// when ctx ends it early.
+func (q *Quota) Prune(ctx context.Context, before time.Time, batch int) (int64, error) {
+	if err := q.begin(ctx); err != nil {
+		return 0, err
+	}
+	if before.IsZero() {
+		return 0, fmt.Errorf("quota: prune: zero cutoff")
+	}
+	if batch == 0 {
+		batch = DefaultPruneBatch
+	}
+	if batch < 0 {
+		return 0, fmt.Errorf("quota: prune: batch %d: want at least 1", batch)
+	}
+	p, ok := q.store.(pruner)
+	if !ok {
+		return 0, fmt.Errorf("quota: prune: the store (%T) does not prune", q.store)
+	}
+	var total int64
+	for {
+		n, err := p.Prune(ctx, before.UTC(), batch)
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("quota: prune: %w", err)
+		}
+		if n < int64(batch) {
+			return total, nil
+		}
+	}
+}
+
+// pruner is implemented by stores that prune.
+type pruner interface {
+	Prune(ctx context.Context, before time.Time, limit int) (int64, error)
 }

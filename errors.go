@@ -78,6 +78,9 @@ var (
 	// reservation expired. The held amount no longer counts.
 	ErrReservationExpired = errors.New("quota: reservation expired")
 
+	// ErrInvalidCursor reports a History cursor that no Page returned.
+	ErrInvalidCursor = errors.New("quota: invalid cursor")
+
 	// ErrExceeded is matched by *ExceededError, the error form of a
 	// denial returned by Decision.Err. Consume, Reserve and Check never
 	// return it themselves: a denial is a Decision, not an error.

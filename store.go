@@ -50,7 +50,8 @@ type Store interface {
 	// matching ErrNoSubscription.
 	GetSubscription(ctx context.Context, subject string) (Subscription, error)
 
-	// Records returns the records q selects, in ascending ID order.
+	// Records returns the records q selects, in ascending ID order, or
+	// descending with q.Descending.
 	Records(ctx context.Context, q RecordQuery) ([]Record, error)
 
 	// Close releases what the store opened. It never closes a database
@@ -213,6 +214,12 @@ type RecordQuery struct {
 	From, To time.Time
 	// AfterID selects records with ID > AfterID, for pagination.
 	AfterID int64
+	// BeforeID, when not 0, selects records with ID < BeforeID, for
+	// pagination from the newest.
+	BeforeID int64
+	// Descending returns the records in descending ID order, newest
+	// first.
+	Descending bool
 	// Limit caps the number of records returned; 0 means no cap.
 	Limit int
 }

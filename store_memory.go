@@ -308,12 +308,19 @@ func (s *MemoryStore) Records(ctx context.Context, q RecordQuery) ([]Record, err
 		return nil, err
 	}
 	defer s.mu.Unlock()
-	// Records are appended in ID order.
+	// Records are appended in ID order: [lo, hi) holds the IDs in range.
 	l := &s.records
-	n := l.len()
-	i := sort.Search(n, func(i int) bool { return l.at(i).id > q.AfterID })
+	lo := sort.Search(l.len(), func(i int) bool { return l.at(i).id > q.AfterID })
+	hi := l.len()
+	if q.BeforeID != 0 {
+		hi = sort.Search(l.len(), func(i int) bool { return l.at(i).id >= q.BeforeID })
+	}
 	var out []Record
-	for ; i < n; i++ {
+	for k := lo; k < hi; k++ {
+		i := k
+		if q.Descending {
+			i = hi - 1 - (k - lo)
+		}
 		w := l.at(i)
 		switch {
 		case q.Subject != "" && l.names[w.subject] != q.Subject,
@@ -349,8 +356,9 @@ func (s *MemoryStore) Close() error {
 // already kept and the garbage collector never scans them: subjects and
 // actions are interned, and the rare optional strings live aside.
 type ledger struct {
-	chunks [][]row
-	n      int
+	chunks  [][]row
+	n       int
+	rollups map[rollKey]*rollup // pruned records, by quarter hour
 	names  []string          // interned subjects and actions
 	index  map[string]uint32 // name -> position in names
 	extras []rowExtra
@@ -365,6 +373,13 @@ type row struct {
 	action  uint32
 	extra   int32 // index in extras, or -1
 }
+
+type rollKey struct {
+	subject, action uint32
+	quarter         int64 // Unix time / RollupStep
+}
+
+type rollup struct{ amount, count int64 }
 
 type rowExtra struct {
 	resourceID string
@@ -427,6 +442,18 @@ func (l *ledger) record(w *row) Record {
 	return r
 }
 
+// totals calls f for every record and every rollup of pruned records, with
+// its subject, action, time and totals.
+func (l *ledger) totals(f func(subject, action uint32, t time.Time, amount, count int64)) {
+	for i := 0; i < l.len(); i++ {
+		w := l.at(i)
+		f(w.subject, w.action, time.Unix(w.sec, int64(w.nsec)), w.amount, 1)
+	}
+	for k, r := range l.rollups {
+		f(k.subject, k.action, time.Unix(k.quarter*int64(RollupStep/time.Second), 0), r.amount, r.count)
+	}
+}
+
 // Sums adds up the records q selects per bucket.
 func (s *MemoryStore) Sums(ctx context.Context, q SumQuery) ([]Sum, error) {
 	if len(q.Bounds) < 2 {
@@ -442,37 +469,31 @@ func (s *MemoryStore) Sums(ctx context.Context, q SumQuery) ([]Sum, error) {
 		action uint32
 	}
 	acc := map[cell]*Sum{}
-	var order []cell
 	first, last := q.Bounds[0], q.Bounds[len(q.Bounds)-1]
-	for i := 0; i < l.len(); i++ {
-		w := l.at(i)
-		if q.Subject != "" && l.names[w.subject] != q.Subject || q.Action != "" && l.names[w.action] != q.Action {
-			continue
-		}
-		t := time.Unix(w.sec, int64(w.nsec))
-		if t.Before(first) || !t.Before(last) {
-			continue
+	l.totals(func(subject, action uint32, t time.Time, amount, count int64) {
+		if q.Subject != "" && l.names[subject] != q.Subject || q.Action != "" && l.names[action] != q.Action ||
+			t.Before(first) || !t.Before(last) {
+			return
 		}
 		b := sort.Search(len(q.Bounds), func(i int) bool { return q.Bounds[i].After(t) }) - 1
 		c := cell{bucket: b}
 		if q.ByAction {
-			c.action = w.action
+			c.action = action
 		}
 		sum := acc[c]
 		if sum == nil {
 			sum = &Sum{Bucket: b}
 			if q.ByAction {
-				sum.Action = l.names[w.action]
+				sum.Action = l.names[action]
 			}
 			acc[c] = sum
-			order = append(order, c)
 		}
-		sum.Amount += w.amount
-		sum.Count++
-	}
-	out := make([]Sum, 0, len(order))
-	for _, c := range order {
-		out = append(out, *acc[c])
+		sum.Amount += amount
+		sum.Count += count
+	})
+	out := make([]Sum, 0, len(acc))
+	for _, sum := range acc {
+		out = append(out, *sum)
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Bucket != out[j].Bucket {
@@ -495,23 +516,18 @@ func (s *MemoryStore) Top(ctx context.Context, q TopQuery) ([]SubjectTotal, erro
 		return nil, nil
 	}
 	totals := map[uint32]*SubjectTotal{}
-	for i := 0; i < l.len(); i++ {
-		w := l.at(i)
-		if w.action != action {
-			continue
+	l.totals(func(subject, act uint32, t time.Time, amount, count int64) {
+		if act != action || t.Before(q.From) || !t.Before(q.To) {
+			return
 		}
-		t := time.Unix(w.sec, int64(w.nsec))
-		if t.Before(q.From) || !t.Before(q.To) {
-			continue
-		}
-		st := totals[w.subject]
+		st := totals[subject]
 		if st == nil {
-			st = &SubjectTotal{Subject: l.names[w.subject]}
-			totals[w.subject] = st
+			st = &SubjectTotal{Subject: l.names[subject]}
+			totals[subject] = st
 		}
-		st.Amount += w.amount
-		st.Count++
-	}
+		st.Amount += amount
+		st.Count += count
+	})
 	out := make([]SubjectTotal, 0, len(totals))
 	for _, st := range totals {
 		out = append(out, *st)
@@ -526,4 +542,50 @@ func (s *MemoryStore) Top(ctx context.Context, q TopQuery) ([]SubjectTotal, erro
 		out = out[:q.Limit]
 	}
 	return out, nil
+}
+
+// Prune deletes up to limit records whose Time is before the cutoff,
+// folding them into rollups.
+func (s *MemoryStore) Prune(ctx context.Context, before time.Time, limit int) (int64, error) {
+	if err := s.lock(ctx); err != nil {
+		return 0, err
+	}
+	defer s.mu.Unlock()
+	l := &s.records
+	cut := before.Unix()
+	var kept ledger
+	kept.names, kept.index, kept.rollups = l.names, l.index, l.rollups
+	if kept.rollups == nil {
+		kept.rollups = make(map[rollKey]*rollup)
+	}
+	var n int64
+	for i := 0; i < l.len(); i++ {
+		w := l.at(i)
+		if n < int64(limit) && (w.sec < cut || w.sec == cut && int64(w.nsec) < int64(before.Nanosecond())) {
+			k := rollKey{subject: w.subject, action: w.action, quarter: floorDiv64(w.sec, int64(RollupStep/time.Second))}
+			r := kept.rollups[k]
+			if r == nil {
+				r = &rollup{}
+				kept.rollups[k] = r
+			}
+			r.amount += w.amount
+			r.count++
+			n++
+			continue
+		}
+		r := l.record(w)
+		kept.append(&r, w.subject, w.action)
+	}
+	if n > 0 {
+		s.records = kept
+	}
+	return n, nil
+}
+
+func floorDiv64(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && (a < 0) != (b < 0) {
+		q--
+	}
+	return q
 }

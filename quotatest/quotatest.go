@@ -91,6 +91,8 @@ var cases = []struct {
 	{"Overflow", testOverflow},
 	{"Analytics", testAnalytics},
 	{"Notifications", testNotifications},
+	{"History", testHistory},
+	{"Retention", testRetention},
 }
 
 // suite is the state shared by the cases of one Run.
