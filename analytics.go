@@ -70,10 +70,6 @@ func (q *Quota) Series(ctx context.Context, sq SeriesQuery) ([]Point, error) {
 	if sq.From.IsZero() || sq.To.IsZero() || !sq.From.Before(sq.To) {
 		return nil, fmt.Errorf("quota: series: want From before To, got [%v, %v)", sq.From, sq.To)
 	}
-	st, err := q.analytics()
-	if err != nil {
-		return nil, fmt.Errorf("quota: series: %w", err)
-	}
 	var planned []string // the actions of the subject's plan and overrides
 	zone := sq.TimeZone
 	if sq.Subject != "" {
@@ -98,7 +94,7 @@ func (q *Quota) Series(ctx context.Context, sq SeriesQuery) ([]Point, error) {
 	if err != nil {
 		return nil, fmt.Errorf("quota: series: %w", err)
 	}
-	sums, err := st.Sums(ctx, SumQuery{Subject: sq.Subject, Action: sq.Action, Bounds: bounds, ByAction: sq.ByAction})
+	sums, err := q.store.Sums(ctx, SumQuery{Subject: sq.Subject, Action: sq.Action, Bounds: bounds, ByAction: sq.ByAction})
 	if err != nil {
 		return nil, fmt.Errorf("quota: series: %w", err)
 	}
@@ -209,12 +205,8 @@ func (q *Quota) TopSubjects(ctx context.Context, tq TopQuery) ([]SubjectTotal, e
 	if tq.Limit < 0 || tq.Limit > 1000 {
 		return nil, fmt.Errorf("quota: top subjects: limit %d: want 1 to 1000", tq.Limit)
 	}
-	st, err := q.analytics()
-	if err != nil {
-		return nil, fmt.Errorf("quota: top subjects: %w", err)
-	}
 	tq.From, tq.To = tq.From.UTC(), tq.To.UTC()
-	top, err := st.Top(ctx, tq)
+	top, err := q.store.Top(ctx, tq)
 	if err != nil {
 		return nil, fmt.Errorf("quota: top subjects %q: %w", tq.Action, err)
 	}
@@ -252,20 +244,6 @@ type Sum struct {
 	Action string // "" unless ByAction
 	Amount int64
 	Count  int64
-}
-
-// analyzer is implemented by stores that answer analytics.
-type analyzer interface {
-	Sums(ctx context.Context, q SumQuery) ([]Sum, error)
-	Top(ctx context.Context, q TopQuery) ([]SubjectTotal, error)
-}
-
-func (q *Quota) analytics() (analyzer, error) {
-	a, ok := q.store.(analyzer)
-	if !ok {
-		return nil, fmt.Errorf("the store (%T) does not answer analytics", q.store)
-	}
-	return a, nil
 }
 
 // MaxHistoryPage is the largest page History returns.
@@ -391,13 +369,9 @@ func (q *Quota) Prune(ctx context.Context, before time.Time, batch int) (int64, 
 	if batch < 0 {
 		return 0, fmt.Errorf("quota: prune: batch %d: want at least 1", batch)
 	}
-	p, ok := q.store.(pruner)
-	if !ok {
-		return 0, fmt.Errorf("quota: prune: the store (%T) does not prune", q.store)
-	}
 	var total int64
 	for {
-		n, err := p.Prune(ctx, before.UTC(), batch)
+		n, err := q.store.Prune(ctx, before.UTC(), batch)
 		total += n
 		if err != nil {
 			return total, fmt.Errorf("quota: prune: %w", err)
@@ -406,9 +380,4 @@ func (q *Quota) Prune(ctx context.Context, before time.Time, batch int) (int64, 
 			return total, nil
 		}
 	}
-}
-
-// pruner is implemented by stores that prune.
-type pruner interface {
-	Prune(ctx context.Context, before time.Time, limit int) (int64, error)
 }

@@ -54,6 +54,23 @@ type Store interface {
 	// descending with q.Descending.
 	Records(ctx context.Context, q RecordQuery) ([]Record, error)
 
+	// Sums adds up the records q selects, and the rollups of pruned
+	// records, per bucket (and per action with q.ByAction): a rollup
+	// counts in the bucket that holds its start. Buckets without usage
+	// are left out; sums come ordered by bucket, then action.
+	Sums(ctx context.Context, q SumQuery) ([]Sum, error)
+
+	// Top returns the q.Limit subjects with the largest total amount of
+	// q.Action in [q.From, q.To), records and rollups alike, largest
+	// first, ties by subject.
+	Top(ctx context.Context, q TopQuery) ([]SubjectTotal, error)
+
+	// Prune deletes up to limit records whose Time is before the
+	// cutoff, and adds each to the rollup of its subject, action and
+	// quarter hour (RollupStep, from the Unix epoch), in one atomic step.
+	// It returns how many it deleted.
+	Prune(ctx context.Context, before time.Time, limit int) (int64, error)
+
 	// Close releases what the store opened. It never closes a database
 	// handle the caller passed in.
 	Close() error

@@ -359,9 +359,9 @@ type ledger struct {
 	chunks  [][]row
 	n       int
 	rollups map[rollKey]*rollup // pruned records, by quarter hour
-	names  []string          // interned subjects and actions
-	index  map[string]uint32 // name -> position in names
-	extras []rowExtra
+	names   []string            // interned subjects and actions
+	index   map[string]uint32   // name -> position in names
+	extras  []rowExtra
 }
 
 type row struct {
