@@ -81,9 +81,8 @@ func UsageUnauthorized(h http.Handler) UsageHandlerOption {
 //     subscription while Config.DefaultPlan is empty, or whose plan the
 //     catalog no longer defines (also reported to the error hook).
 //   - 503 with Retry-After (DefaultUnavailableRetryAfter) to any other
-//     error of the engine or the store (ErrClosed, a cancelled request,
-//     a store without analytics asked for days), reported to the error
-//     hook (UsageErrorHook, default slog).
+//     error of the engine or the store (ErrClosed, a cancelled request),
+//     reported to the error hook (UsageErrorHook, default slog).
 //   - 200 otherwise: Content-Type application/json, a UsageResponse. A
 //     HEAD request gets the same status and headers without the body.
 //

@@ -307,10 +307,6 @@ func (s *dashFailing) Counters(ctx context.Context, keys []quota.CounterKey, now
 	return s.MemoryStore.Counters(ctx, keys, now)
 }
 
-// dashNoAnalytics is a Store that answers no analytics: only the Store
-// methods of a MemoryStore are promoted.
-type dashNoAnalytics struct{ quota.Store }
-
 func TestUsageHandlerStatus(t *testing.T) {
 	type setup struct {
 		q     *quota.Quota
@@ -378,18 +374,6 @@ func TestUsageHandlerStatus(t *testing.T) {
 				s := history(t, store)
 				store.fail = true
 				return s
-			},
-		},
-		{
-			name: "store without analytics", method: "GET", target: "/?days=3", subject: "acme", status: 503, problem: "about:blank", hooks: 1,
-			setup: func(t *testing.T) setup {
-				return history(t, dashNoAnalytics{quota.NewMemoryStore()})
-			},
-		},
-		{
-			name: "store without analytics, no days", method: "GET", target: "/", subject: "acme", status: 200,
-			setup: func(t *testing.T) setup {
-				return history(t, dashNoAnalytics{quota.NewMemoryStore()})
 			},
 		},
 		{
