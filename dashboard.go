@@ -182,7 +182,7 @@ func (h *usageHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		serveProblem(w, &Problem{
+		writeProblem(w, &Problem{
 			Type:   "about:blank",
 			Title:  http.StatusText(http.StatusMethodNotAllowed),
 			Status: http.StatusMethodNotAllowed,
@@ -197,7 +197,7 @@ func (h *usageHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	days, ok := parseDays(r.URL.Query())
 	if !ok {
-		serveProblem(w, &Problem{
+		writeProblem(w, &Problem{
 			Type:   "about:blank",
 			Title:  http.StatusText(http.StatusBadRequest),
 			Status: http.StatusBadRequest,
@@ -339,7 +339,7 @@ func (h *usageHandler) unauthorized(w http.ResponseWriter, r *http.Request) {
 		h.cfg.unauthorized.ServeHTTP(w, r)
 		return
 	}
-	serveProblem(w, &Problem{
+	writeProblem(w, &Problem{
 		Type:   "about:blank",
 		Title:  http.StatusText(http.StatusUnauthorized),
 		Status: http.StatusUnauthorized,
@@ -357,7 +357,7 @@ func (h *usageHandler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		if errors.Is(err, ErrUnknownPlan) {
 			h.cfg.onError(r, err)
 		}
-		serveProblem(w, &Problem{
+		writeProblem(w, &Problem{
 			Type:   ProblemTypeNoSubscription,
 			Title:  "No subscription",
 			Status: http.StatusForbidden,
@@ -367,26 +367,10 @@ func (h *usageHandler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	h.cfg.onError(r, err)
 	w.Header().Set(HeaderRetryAfter, strconv.FormatInt(ceilSeconds(DefaultUnavailableRetryAfter), 10))
-	serveProblem(w, &Problem{
+	writeProblem(w, &Problem{
 		Type:   "about:blank",
 		Title:  http.StatusText(http.StatusServiceUnavailable),
 		Status: http.StatusServiceUnavailable,
 		Detail: "Usage is not available right now; try again later.",
 	})
-}
-
-// serveProblem writes p as an RFC 9457 problem response.
-func serveProblem(w http.ResponseWriter, p *Problem) {
-	b, err := json.Marshal(p)
-	if err != nil {
-		// A Problem always encodes; keep the status if it somehow does not.
-		b = []byte(`{"type":"about:blank","status":` + strconv.Itoa(p.Status) + `}`)
-	}
-	b = append(b, '\n')
-	h := w.Header()
-	h.Set("Content-Type", ContentTypeProblem)
-	h.Set("Content-Length", strconv.Itoa(len(b)))
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(p.Status)
-	_, _ = w.Write(b) // the client may be gone; nothing to do
 }

@@ -445,7 +445,7 @@ func (h *meterHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if !ok {
-			m.writeProblem(w, &Problem{
+			writeProblem(w, &Problem{
 				Type:    ProblemTypeNotInPlan,
 				Title:   "Feature not in plan",
 				Status:  http.StatusForbidden,
@@ -487,7 +487,7 @@ func (h *meterHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			if m.cfg.maxBody == 0 && !hasCap(d) {
-				m.writeProblem(w, &Problem{
+				writeProblem(w, &Problem{
 					Type:   "about:blank",
 					Title:  http.StatusText(http.StatusLengthRequired),
 					Status: http.StatusLengthRequired,
@@ -597,7 +597,7 @@ func (m *middleware) fail(w http.ResponseWriter, r *http.Request, next http.Hand
 		if errors.Is(err, ErrUnknownPlan) {
 			m.cfg.onError(r, err)
 		}
-		m.writeProblem(w, &Problem{
+		writeProblem(w, &Problem{
 			Type:   ProblemTypeNoSubscription,
 			Title:  "No subscription",
 			Status: http.StatusForbidden,
@@ -611,7 +611,7 @@ func (m *middleware) fail(w http.ResponseWriter, r *http.Request, next http.Hand
 		return
 	}
 	w.Header().Set(HeaderRetryAfter, strconv.FormatInt(ceilSeconds(m.cfg.retry503), 10))
-	m.writeProblem(w, &Problem{
+	writeProblem(w, &Problem{
 		Type:   "about:blank",
 		Title:  http.StatusText(http.StatusServiceUnavailable),
 		Status: http.StatusServiceUnavailable,
@@ -624,7 +624,7 @@ func (m *middleware) unauthorized(w http.ResponseWriter, r *http.Request) {
 		m.cfg.unauthorized.ServeHTTP(w, r)
 		return
 	}
-	m.writeProblem(w, &Problem{
+	writeProblem(w, &Problem{
 		Type:   "about:blank",
 		Title:  http.StatusText(http.StatusUnauthorized),
 		Status: http.StatusUnauthorized,
@@ -633,7 +633,7 @@ func (m *middleware) unauthorized(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *middleware) badRequest(w http.ResponseWriter) {
-	m.writeProblem(w, &Problem{
+	writeProblem(w, &Problem{
 		Type:   "about:blank",
 		Title:  http.StatusText(http.StatusBadRequest),
 		Status: http.StatusBadRequest,
@@ -655,7 +655,7 @@ func (m *middleware) tooLarge(w http.ResponseWriter, d *Decision, most int64) {
 		p.MaxPerUse = most
 		p.Detail = m.detail(d, most)
 	}
-	m.writeProblem(w, p)
+	writeProblem(w, p)
 }
 
 // deny answers a denied decision.
@@ -675,7 +675,7 @@ func (m *middleware) deny(w http.ResponseWriter, d Decision) {
 			w.Header().Set(HeaderRetryAfter, strconv.FormatInt(ceilSeconds(ra), 10))
 		}
 	}
-	m.writeProblem(w, p)
+	writeProblem(w, p)
 }
 
 func usageOf(d *Decision) *ProblemUsage {
@@ -714,7 +714,9 @@ func (m *middleware) detail(d *Decision, most int64) string {
 	}
 }
 
-func (m *middleware) writeProblem(w http.ResponseWriter, p *Problem) {
+// writeProblem writes p as the whole response: an RFC 9457 body with its
+// status, never an error's text.
+func writeProblem(w http.ResponseWriter, p *Problem) {
 	b, err := json.Marshal(p)
 	if err != nil {
 		// A Problem always encodes; keep the status if it somehow does not.
