@@ -5,13 +5,11 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
-	"database/sql/driver"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	mrand "math/rand/v2"
 	"net/url"
 	"os"
@@ -25,8 +23,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect"
 	"github.com/uptrace/bun/dialect/pgdialect"
@@ -1296,8 +1293,13 @@ func TestSQLStoreErrors(t *testing.T) {
 
 func TestSQLStoreRoundTrips(t *testing.T) {
 	dsn := newPGSchema(t)
-	conn := &pgxShimConnector{dsn: dsn}
-	sqldb := sql.OpenDB(conn)
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var counter statementCounter
+	cfg.Tracer = &counter
+	sqldb := stdlib.OpenDB(*cfg)
 	sqldb.SetMaxOpenConns(2)
 	db := bun.NewDB(sqldb, pgdialect.New())
 	defer db.Close()
@@ -1307,9 +1309,9 @@ func TestSQLStoreRoundTrips(t *testing.T) {
 	q.Consume(ctx, quota.Use{Subject: "warm", Action: "x", Amount: 1}) // creates the counter rows
 	statements := func(what string, want int64, f func()) {
 		t.Helper()
-		before := conn.stmts.Load()
+		before := counter.n.Load()
 		f()
-		if got := conn.stmts.Load() - before; got != want {
+		if got := counter.n.Load() - before; got != want {
 			t.Errorf("%s took %d statements; want %d", what, got, want)
 		}
 	}
@@ -1327,237 +1329,13 @@ func TestSQLStoreRoundTrips(t *testing.T) {
 	statements("Cancel", 1, func() { r.Cancel(ctx) })
 }
 
-// A minimal database/sql driver over pgx's core *pgx.Conn, registered as
-// "pgx" unless pgx's own stdlib driver is linked in.
-//
-// Why it exists: github.com/jackc/pgx/v5/stdlib imports pgxpool, which
-// needs github.com/jackc/puddle/v2 v2.2.3 and golang.org/x/sync v0.24.0,
-// and this module's go.sum does not hold them (go.mod is not ours to
-// edit). Once `go get github.com/jackc/pgx/v5/stdlib@v5.12.0` has added
-// them, import _ "github.com/jackc/pgx/v5/stdlib" here and delete the shim
-// (TestSQLStoreRoundTrips counts statements through it; with stdlib, a
-// pgx.QueryTracer does that).
-//
-// Like stdlib, it runs every statement with pgx's defaults (statements
-// prepared and cached per connection); it returns json columns as text,
-// and lets database/sql convert the rest.
-func init() {
-	for _, d := range sql.Drivers() {
-		if d == "pgx" {
-			return
-		}
-	}
-	sql.Register("pgx", pgxShimDriver{})
+// statementCounter counts the statements pgx sends, BEGIN and COMMIT
+// included.
+type statementCounter struct{ n atomic.Int64 }
+
+func (c *statementCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	c.n.Add(1)
+	return ctx
 }
 
-type pgxShimDriver struct{}
-
-func (pgxShimDriver) Open(dsn string) (driver.Conn, error) {
-	return (&pgxShimConnector{dsn: dsn}).Connect(context.Background())
-}
-
-func (pgxShimDriver) OpenConnector(dsn string) (driver.Connector, error) {
-	return &pgxShimConnector{dsn: dsn}, nil
-}
-
-type pgxShimConnector struct {
-	dsn   string
-	stmts atomic.Int64 // statements sent, BEGIN and COMMIT included
-}
-
-func (c *pgxShimConnector) Connect(ctx context.Context) (driver.Conn, error) {
-	conn, err := pgx.Connect(ctx, c.dsn)
-	if err != nil {
-		return nil, err
-	}
-	return &pgxShimConn{conn: conn, stmts: &c.stmts}, nil
-}
-
-func (c *pgxShimConnector) Driver() driver.Driver { return pgxShimDriver{} }
-
-type pgxShimConn struct {
-	conn  *pgx.Conn
-	stmts *atomic.Int64
-}
-
-var (
-	_ driver.ExecerContext                  = (*pgxShimConn)(nil)
-	_ driver.QueryerContext                 = (*pgxShimConn)(nil)
-	_ driver.ConnBeginTx                    = (*pgxShimConn)(nil)
-	_ driver.Pinger                         = (*pgxShimConn)(nil)
-	_ driver.Validator                      = (*pgxShimConn)(nil)
-	_ driver.SessionResetter                = (*pgxShimConn)(nil)
-	_ driver.NamedValueChecker              = (*pgxShimConn)(nil)
-	_ driver.RowsColumnTypeDatabaseTypeName = (*pgxShimRows)(nil)
-)
-
-// Prepare returns a statement that runs its query like any other: pgx
-// prepares and caches it on the connection the first time.
-func (c *pgxShimConn) Prepare(q string) (driver.Stmt, error) { return &pgxShimStmt{c: c, q: q}, nil }
-
-type pgxShimStmt struct {
-	c *pgxShimConn
-	q string
-}
-
-func (s *pgxShimStmt) Close() error  { return nil }
-func (s *pgxShimStmt) NumInput() int { return -1 }
-func (s *pgxShimStmt) Exec([]driver.Value) (driver.Result, error) {
-	return nil, errors.New("pgx shim: use ExecContext")
-}
-func (s *pgxShimStmt) Query([]driver.Value) (driver.Rows, error) {
-	return nil, errors.New("pgx shim: use QueryContext")
-}
-func (s *pgxShimStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
-	return s.c.ExecContext(ctx, s.q, args)
-}
-func (s *pgxShimStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	return s.c.QueryContext(ctx, s.q, args)
-}
-func (s *pgxShimStmt) CheckNamedValue(*driver.NamedValue) error { return nil }
-
-func (c *pgxShimConn) Close() error { return c.conn.Close(context.Background()) }
-
-func (c *pgxShimConn) Begin() (driver.Tx, error) {
-	return c.BeginTx(context.Background(), driver.TxOptions{})
-}
-
-func (c *pgxShimConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	q := "BEGIN"
-	switch sql.IsolationLevel(opts.Isolation) {
-	case sql.LevelDefault:
-	case sql.LevelReadCommitted:
-		q += " ISOLATION LEVEL READ COMMITTED"
-	case sql.LevelRepeatableRead, sql.LevelSnapshot:
-		q += " ISOLATION LEVEL REPEATABLE READ"
-	case sql.LevelSerializable:
-		q += " ISOLATION LEVEL SERIALIZABLE"
-	default:
-		return nil, fmt.Errorf("pgx shim: unsupported isolation level %d", opts.Isolation)
-	}
-	if opts.ReadOnly {
-		q += " READ ONLY"
-	}
-	if _, err := c.exec(ctx, q); err != nil {
-		return nil, c.badConn(err)
-	}
-	return pgxShimTx{c}, nil
-}
-
-func (c *pgxShimConn) exec(ctx context.Context, q string, args ...any) (pgconn.CommandTag, error) {
-	c.stmts.Add(1)
-	return c.conn.Exec(ctx, q, args...)
-}
-
-// badConn turns an error on a connection that pgx closed (a cancelled
-// context does that) into driver.ErrBadConn, so that the pool drops it.
-func (c *pgxShimConn) badConn(err error) error {
-	if err != nil && c.conn.IsClosed() {
-		return errors.Join(driver.ErrBadConn, err)
-	}
-	return err
-}
-
-func namedValues(args []driver.NamedValue) []any {
-	vs := make([]any, len(args))
-	for i, a := range args {
-		vs[i] = a.Value
-	}
-	return vs
-}
-
-func (c *pgxShimConn) ExecContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Result, error) {
-	tag, err := c.exec(ctx, q, namedValues(args)...)
-	if err != nil {
-		return nil, err
-	}
-	return driver.RowsAffected(tag.RowsAffected()), nil
-}
-
-func (c *pgxShimConn) QueryContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Rows, error) {
-	c.stmts.Add(1)
-	rows, err := c.conn.Query(ctx, q, namedValues(args)...)
-	if err != nil {
-		return nil, err
-	}
-	return &pgxShimRows{rows: rows}, nil
-}
-
-func (c *pgxShimConn) Ping(ctx context.Context) error { return c.conn.Ping(ctx) }
-
-func (c *pgxShimConn) IsValid() bool { return !c.conn.IsClosed() }
-
-func (c *pgxShimConn) ResetSession(context.Context) error {
-	if c.conn.IsClosed() {
-		return driver.ErrBadConn
-	}
-	return nil
-}
-
-func (c *pgxShimConn) CheckNamedValue(*driver.NamedValue) error { return nil }
-
-type pgxShimTx struct{ c *pgxShimConn }
-
-func (t pgxShimTx) Commit() error {
-	tag, err := t.c.exec(context.Background(), "COMMIT")
-	if err == nil && tag.String() == "ROLLBACK" {
-		return errors.New("pgx shim: commit unexpectedly resulted in rollback")
-	}
-	return t.c.badConn(err)
-}
-
-func (t pgxShimTx) Rollback() error {
-	if t.c.conn.IsClosed() {
-		return driver.ErrBadConn
-	}
-	_, err := t.c.exec(context.Background(), "ROLLBACK")
-	return t.c.badConn(err)
-}
-
-type pgxShimRows struct{ rows pgx.Rows }
-
-func (r *pgxShimRows) Columns() []string {
-	fds := r.rows.FieldDescriptions()
-	names := make([]string, len(fds))
-	for i, fd := range fds {
-		names[i] = fd.Name
-	}
-	return names
-}
-
-func (r *pgxShimRows) ColumnTypeDatabaseTypeName(i int) string {
-	if t, ok := r.rows.Conn().TypeMap().TypeForOID(r.rows.FieldDescriptions()[i].DataTypeOID); ok {
-		return strings.ToUpper(t.Name)
-	}
-	return ""
-}
-
-func (r *pgxShimRows) Close() error {
-	r.rows.Close()
-	return r.rows.Err()
-}
-
-func (r *pgxShimRows) Next(dest []driver.Value) error {
-	if !r.rows.Next() {
-		if err := r.rows.Err(); err != nil {
-			return err
-		}
-		return io.EOF
-	}
-	vals, err := r.rows.Values()
-	if err != nil {
-		return err
-	}
-	raw := r.rows.RawValues()
-	for i, fd := range r.rows.FieldDescriptions() {
-		switch {
-		case raw[i] == nil:
-			dest[i] = nil
-		case fd.DataTypeOID == pgtype.JSONOID:
-			dest[i] = string(raw[i]) // as stored; Values would decode it
-		default:
-			dest[i] = vals[i]
-		}
-	}
-	return nil
-}
+func (c *statementCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
