@@ -1339,3 +1339,70 @@ func (c *statementCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ p
 }
 
 func (c *statementCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// Notifications across instances: 4 separately opened pools, each with a
+// Quota of its own and its own hook, 64 goroutines pushing one subject
+// from 0 to 120 % of a limit: each level is notified exactly once in all.
+func TestSQLStoreNotificationsAcrossInstances(t *testing.T) {
+	dsn := newPGSchema(t)
+	const instances, goroutines, limit, uses = 4, 64, 1000, 1200
+	var mu sync.Mutex
+	var notes []quota.Notification
+	qs := make([]*quota.Quota, instances)
+	for i := range qs {
+		st, err := quota.NewSQLStore(openPG(t, dsn, goroutines/instances))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Migrate(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		qs[i] = newQuota(t, st, quota.Config{
+			Plans: []quota.Plan{{Name: "P", Limits: map[string][]quota.Limit{"api.call": {quota.PerMonth(limit)}}}},
+			Notify: func(_ context.Context, n quota.Notification) error {
+				mu.Lock()
+				defer mu.Unlock()
+				notes = append(notes, n)
+				return nil
+			},
+		})
+	}
+	const subject = "org-notify"
+	if err := qs[0].Subscribe(t.Context(), quota.Subscription{Subject: subject, Plan: "P", Anchor: sqlT0}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	start := make(chan struct{})
+	for g := range goroutines {
+		q := qs[g%instances]
+		wg.Go(func() {
+			<-start
+			for range uses / goroutines {
+				if _, err := q.Track(t.Context(), quota.Use{Subject: subject, Action: "api.call", Amount: 1}); err != nil {
+					failed.Add(1)
+					t.Errorf("Track = %v", err)
+					return
+				}
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	for _, q := range qs {
+		q.Close() // delivers what is queued
+	}
+	if failed.Load() != 0 {
+		t.FailNow()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	got := map[quota.Level][]int64{}
+	for _, n := range notes {
+		got[n.Level] = append(got[n.Level], n.Used)
+	}
+	want := map[quota.Level][]int64{quota.LevelWarning: {800}, quota.LevelCritical: {900}, quota.LevelExceeded: {1000}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("notifications from %d instances (-want +got):\n%s", instances, diff)
+	}
+}
