@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"go/ast"
 	"go/parser"
 	"go/token"
@@ -26,16 +25,6 @@ import (
 
 	"github.com/quotakit/quota"
 )
-
-// updateDashboardGolden reports -update, which rewrites the golden files
-// in testdata. Another test file of the package may define the flag too.
-var updateDashboardGolden = func() func() bool {
-	if f := flag.Lookup("update"); f != nil {
-		return func() bool { g, ok := f.Value.(flag.Getter); return ok && g.Get() == true }
-	}
-	p := flag.Bool("update", false, "rewrite the golden files in testdata")
-	return func() bool { return *p }
-}()
 
 // dashClock is a settable clock.
 type dashClock struct {
@@ -146,7 +135,7 @@ func TestUsageHandlerGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join("testdata", "dashboard.golden.json")
-	if updateDashboardGolden() {
+	if *update {
 		if err := os.WriteFile(path, got.Bytes(), 0o644); err != nil {
 			t.Fatal(err)
 		}

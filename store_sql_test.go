@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	mrand "math/rand/v2"
 	"net/url"
@@ -237,14 +236,6 @@ func TestNewSQLStore(t *testing.T) {
 
 // Migrations: golden DDL, idempotence, concurrency.
 
-var updateGolden = func() func() bool {
-	if f := flag.Lookup("update"); f != nil {
-		return func() bool { g, ok := f.Value.(flag.Getter); return ok && g.Get() == true }
-	}
-	p := flag.Bool("update", false, "rewrite the golden files in testdata")
-	return func() bool { return *p }
-}()
-
 func goldenPath(b backend) string { return filepath.Join("testdata", "migrate."+b.name+".sql") }
 
 // dumpSchema returns the DDL of the quota schema as the database has it:
@@ -368,7 +359,7 @@ func checkGolden(t *testing.T, b backend, db *bun.DB) {
 	t.Helper()
 	got := dumpSchema(t, db)
 	path := goldenPath(b)
-	if updateGolden() {
+	if *update {
 		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
 			t.Fatal(err)
 		}
