@@ -349,28 +349,11 @@ func (h *usageHandler) unauthorized(w http.ResponseWriter, r *http.Request) {
 
 // fail answers an error of the engine or the store.
 func (h *usageHandler) fail(w http.ResponseWriter, r *http.Request, err error) {
-	switch {
-	case errors.Is(err, ErrInvalidSubject):
+	if errors.Is(err, ErrInvalidSubject) {
 		h.unauthorized(w, r)
 		return
-	case errors.Is(err, ErrNoSubscription), errors.Is(err, ErrUnknownPlan):
-		if errors.Is(err, ErrUnknownPlan) {
-			h.cfg.onError(r, err)
-		}
-		writeProblem(w, &Problem{
-			Type:   ProblemTypeNoSubscription,
-			Title:  "No subscription",
-			Status: http.StatusForbidden,
-			Detail: "You have no plan.",
-		})
-		return
 	}
-	h.cfg.onError(r, err)
-	w.Header().Set(HeaderRetryAfter, strconv.FormatInt(ceilSeconds(DefaultUnavailableRetryAfter), 10))
-	writeProblem(w, &Problem{
-		Type:   "about:blank",
-		Title:  http.StatusText(http.StatusServiceUnavailable),
-		Status: http.StatusServiceUnavailable,
-		Detail: "Usage is not available right now; try again later.",
-	})
+	writeFailure(w, r, err, h.cfg.onError, DefaultUnavailableRetryAfter,
+		"You have no plan.",
+		"Usage is not available right now; try again later.")
 }

@@ -589,33 +589,48 @@ func (m *middleware) report(r *http.Request, err error) {
 
 // fail answers an error of the engine or the store.
 func (m *middleware) fail(w http.ResponseWriter, r *http.Request, next http.Handler, err error) {
-	switch {
-	case errors.Is(err, ErrInvalidSubject):
+	if errors.Is(err, ErrInvalidSubject) {
 		m.unauthorized(w, r)
 		return
-	case errors.Is(err, ErrNoSubscription), errors.Is(err, ErrUnknownPlan):
-		if errors.Is(err, ErrUnknownPlan) {
-			m.cfg.onError(r, err)
-		}
+	}
+	if m.cfg.failOpen && !isNoPlan(err) {
+		m.cfg.onError(r, err)
+		next.ServeHTTP(w, r)
+		return
+	}
+	writeFailure(w, r, err, m.cfg.onError, m.cfg.retry503,
+		"You have no plan that includes this.",
+		"Usage cannot be checked right now; try again later.")
+}
+
+// isNoPlan reports whether err says the subject has no plan in force.
+func isNoPlan(err error) bool {
+	return errors.Is(err, ErrNoSubscription) || errors.Is(err, ErrUnknownPlan)
+}
+
+// writeFailure answers an engine or store error that is not the client's:
+// 403 (ProblemTypeNoSubscription) when the subject has no plan, 503 with
+// Retry-After otherwise. Errors other than a missing subscription go to
+// onError; the body never holds their text.
+func writeFailure(w http.ResponseWriter, r *http.Request, err error, onError func(*http.Request, error), retry time.Duration, noPlan, unavailable string) {
+	if !errors.Is(err, ErrNoSubscription) {
+		onError(r, err)
+	}
+	if isNoPlan(err) {
 		writeProblem(w, &Problem{
 			Type:   ProblemTypeNoSubscription,
 			Title:  "No subscription",
 			Status: http.StatusForbidden,
-			Detail: "You have no plan that includes this.",
+			Detail: noPlan,
 		})
 		return
 	}
-	m.cfg.onError(r, err)
-	if m.cfg.failOpen {
-		next.ServeHTTP(w, r)
-		return
-	}
-	w.Header().Set(HeaderRetryAfter, strconv.FormatInt(ceilSeconds(m.cfg.retry503), 10))
+	w.Header().Set(HeaderRetryAfter, strconv.FormatInt(ceilSeconds(retry), 10))
 	writeProblem(w, &Problem{
 		Type:   "about:blank",
 		Title:  http.StatusText(http.StatusServiceUnavailable),
 		Status: http.StatusServiceUnavailable,
-		Detail: "Usage cannot be checked right now; try again later.",
+		Detail: unavailable,
 	})
 }
 
