@@ -26,24 +26,6 @@ import (
 	"github.com/quotakit/quota"
 )
 
-// dashClock is a settable clock.
-type dashClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *dashClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *dashClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
-
 // dashPlans are BASIC, which limits one action, and PRO, with every kind
 // of limit: two counters on one action, an allocation with a per-use cap,
 // an unlimited counter and an action the plan does not include.
@@ -87,11 +69,11 @@ func dashGet(h http.Handler, method, target, subject string) *httptest.ResponseR
 // the 15th in Europe/Paris, used things across the change to summer time
 // (29 March 2026) and the previous billing month. The clock ends on
 // 2026-03-30 10:00 UTC.
-func dashHistory(t *testing.T, store quota.Store) (*quota.Quota, *dashClock) {
+func dashHistory(t *testing.T, store quota.Store) (*quota.Quota, *clock) {
 	t.Helper()
 	ctx := context.Background()
-	clock := &dashClock{t: time.Date(2026, time.January, 15, 9, 0, 0, 0, time.UTC)}
-	q, err := quota.New(store, quota.Config{Plans: dashPlans(), Now: clock.Now})
+	clk := &clock{t: time.Date(2026, time.January, 15, 9, 0, 0, 0, time.UTC)}
+	q, err := quota.New(store, quota.Config{Plans: dashPlans(), Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,13 +94,13 @@ func dashHistory(t *testing.T, store quota.Store) (*quota.Quota, *dashClock) {
 		{time.Date(2026, time.March, 30, 9, 0, 0, 0, time.UTC), "storage.bytes", -1024},
 		{time.Date(2026, time.March, 30, 9, 30, 0, 0, time.UTC), "procedure.view", 3},
 	} {
-		clock.Set(u.at)
+		clk.Set(u.at)
 		if _, err := q.Track(ctx, quota.Use{Subject: "acme", Action: u.action, Amount: u.amount}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	clock.Set(time.Date(2026, time.March, 30, 10, 0, 0, 0, time.UTC))
-	return q, clock
+	clk.Set(time.Date(2026, time.March, 30, 10, 0, 0, 0, time.UTC))
+	return q, clk
 }
 
 // TestUsageHandlerGolden pins the JSON of a response, field names,
