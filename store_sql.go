@@ -1471,8 +1471,12 @@ func (s *SQLStore) Records(ctx context.Context, rq RecordQuery) ([]Record, error
 }
 
 // Sums adds up the records that q selects, and the rollups of pruned
-// records, per bucket (and action), for Quota.Series: one statement, which
-// reads each bucket's records as a range of the index on their time.
+// records, per bucket (and action), for Quota.Series: one statement. On
+// SQLite it reads each bucket's records as a range of an index; on
+// PostgreSQL it reads the whole range once and finds each row's bucket
+// with width_bucket, a binary search in the bounds, so that no plan (a
+// generic plan of a prepared statement included) can compare every row
+// with every bucket.
 func (s *SQLStore) Sums(ctx context.Context, q SumQuery) ([]Sum, error) {
 	if err := s.enter(ctx); err != nil {
 		return nil, s.fail(ctx, "sums", err)
@@ -1504,11 +1508,7 @@ func (s *SQLStore) Sums(ctx context.Context, q SumQuery) ([]Sum, error) {
 	}
 	var args []any
 	var b strings.Builder
-	if s.pg {
-		args = append(args, pgTimeArray(q.Bounds))
-		b.WriteString(`WITH t AS (SELECT t, i FROM unnest(?::text::timestamptz[]) WITH ORDINALITY AS t(t, i)),
-b AS (SELECT i - 1 AS bucket, t AS lo, lead(t) OVER (ORDER BY i) AS hi FROM t)`)
-	} else {
+	if !s.pg {
 		j := make([]byte, 0, 20*len(q.Bounds))
 		j = append(j, '[')
 		for i, t := range q.Bounds {
@@ -1521,17 +1521,31 @@ b AS (SELECT i - 1 AS bucket, t AS lo, lead(t) OVER (ORDER BY i) AS hi FROM t)`)
 		b.WriteString(`WITH t AS (SELECT CAST(key AS INTEGER) AS i, value AS t FROM json_each(?)),
 b AS (SELECT i AS bucket, t AS lo, lead(t) OVER (ORDER BY i) AS hi FROM t)`)
 	}
+	var bounds string
+	if s.pg {
+		bounds = pgTimeArray(q.Bounds)
+	}
 	branch := func(alias, table, timeCol, count string) {
 		action := "CAST('' AS TEXT)"
 		if q.ByAction {
 			action = alias + ".action"
 		}
-		fmt.Fprintf(&b, "\nSELECT b.bucket, %s AS action, %s.amount AS amount, %s AS n\nFROM b JOIN %s %s ON %s.%s >= b.lo AND %s.%s < b.hi",
-			action, alias, count, table, alias, alias, timeCol, alias, timeCol)
+		if s.pg {
+			// The bounds in a subquery: cast once (an InitPlan), not
+			// once per row.
+			fmt.Fprintf(&b, "\nSELECT width_bucket(%s.%s, (SELECT ?::text::timestamptz[])) - 1 AS bucket, %s AS action, %s.amount AS amount, %s AS n\nFROM %s %s WHERE %s.%s >= ? AND %s.%s < ?",
+				alias, timeCol, action, alias, count, table, alias, alias, timeCol, alias, timeCol)
+			args = append(args, bounds, s.tv(q.Bounds[0]), s.tv(q.Bounds[len(q.Bounds)-1]))
+		} else {
+			fmt.Fprintf(&b, "\nSELECT b.bucket, %s AS action, %s.amount AS amount, %s AS n\nFROM b JOIN %s %s ON %s.%s >= b.lo AND %s.%s < b.hi",
+				action, alias, count, table, alias, alias, timeCol, alias, timeCol)
+		}
 		for _, f := range filter {
 			b.WriteString(" AND " + alias + "." + f)
 		}
-		b.WriteString("\nWHERE b.hi IS NOT NULL")
+		if !s.pg {
+			b.WriteString("\nWHERE b.hi IS NOT NULL")
+		}
 		args = append(args, fargs...)
 	}
 	sum, order := "sum(amount), sum(n)", "bucket, action"
@@ -1816,6 +1830,36 @@ func (s *SQLStore) Migrate(ctx context.Context) error {
 	if err := s.enter(ctx); err != nil {
 		return s.fail(ctx, "migrate", err)
 	}
+	if s.pg {
+		return s.migrate(ctx)
+	}
+	// Processes that open a new SQLite file at the same moment race to
+	// switch it to WAL, and SQLite answers the loser SQLITE_BUSY at once,
+	// without waiting out busy_timeout. Migrate runs once at start: it
+	// tries again, a little later each time, for up to about 10 seconds.
+	wait := 5 * time.Millisecond
+	for try := 1; ; try++ {
+		err := s.migrate(ctx)
+		if err == nil || !isSQLiteBusy(err) || try == 20 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return s.fail(ctx, "migrate", ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
+// isSQLiteBusy reports whether err is SQLite's SQLITE_BUSY (or one of its
+// extended codes), as modernc.org/sqlite's errors report their code.
+func isSQLiteBusy(err error) bool {
+	var coded interface{ Code() int }
+	return errors.As(err, &coded) && coded.Code()&0xff == 5
+}
+
+func (s *SQLStore) migrate(ctx context.Context) error {
 	ms, err := loadMigrations(s.migrationDir())
 	if err != nil {
 		return fmt.Errorf("quota: sql migrate: %w", err)

@@ -408,7 +408,7 @@ func TestSQLStoreMigrate(t *testing.T) {
 			versions = append(versions, v)
 		}
 		rows.Close()
-		want := map[string][]int{"sqlite": {1}, "pg": {1, 2}}[b.name]
+		want := map[string][]int{"sqlite": {1, 2}, "pg": {1, 2, 3}}[b.name]
 		if diff := cmp.Diff(want, versions); diff != "" {
 			t.Errorf("quota_schema_migrations versions (-want +got):\n%s", diff)
 		}

@@ -54,6 +54,7 @@ CREATE TABLE quota_records (
     CONSTRAINT quota_records_pkey PRIMARY KEY (id)
 );
 CREATE INDEX quota_records_subject_action_time ON quota_records USING btree (subject, action, recorded_at);
+CREATE INDEX quota_records_subject_time ON quota_records USING btree (subject, recorded_at) INCLUDE (action, amount);
 CREATE INDEX quota_records_time ON quota_records USING btree (recorded_at);
 
 CREATE TABLE quota_rollups (

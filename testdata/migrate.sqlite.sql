@@ -100,8 +100,14 @@ CREATE INDEX quota_hold_counters_counter ON quota_hold_counters (subject, action
 -- index quota_holds_subject_action_expiry
 CREATE INDEX quota_holds_subject_action_expiry ON quota_holds (subject, action, expires_at);
 
+-- index quota_records_action_time
+CREATE INDEX quota_records_action_time ON quota_records (action, recorded_at, subject, amount);
+
 -- index quota_records_subject_action_time
 CREATE INDEX quota_records_subject_action_time ON quota_records (subject, action, recorded_at);
+
+-- index quota_records_subject_time
+CREATE INDEX quota_records_subject_time ON quota_records (subject, recorded_at, action, amount);
 
 -- index quota_records_time
 CREATE INDEX quota_records_time ON quota_records (recorded_at);
