@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -326,25 +328,11 @@ func dailySeries(points []Point, actions []ActionUsage) []ActionSeries {
 }
 
 func sortSeries(s []ActionSeries) {
-	// Insertion sort: a handful of actions, almost in order.
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j].Action < s[j-1].Action; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
+	slices.SortFunc(s, func(a, b ActionSeries) int { return strings.Compare(a.Action, b.Action) })
 }
 
 func (h *usageHandler) unauthorized(w http.ResponseWriter, r *http.Request) {
-	if h.cfg.unauthorized != nil {
-		h.cfg.unauthorized.ServeHTTP(w, r)
-		return
-	}
-	writeProblem(w, &Problem{
-		Type:   "about:blank",
-		Title:  http.StatusText(http.StatusUnauthorized),
-		Status: http.StatusUnauthorized,
-		Detail: "This request needs valid credentials.",
-	})
+	writeUnauthorized(w, r, h.cfg.unauthorized)
 }
 
 // fail answers an error of the engine or the store.

@@ -635,8 +635,14 @@ func writeFailure(w http.ResponseWriter, r *http.Request, err error, onError fun
 }
 
 func (m *middleware) unauthorized(w http.ResponseWriter, r *http.Request) {
-	if m.cfg.unauthorized != nil {
-		m.cfg.unauthorized.ServeHTTP(w, r)
+	writeUnauthorized(w, r, m.cfg.unauthorized)
+}
+
+// writeUnauthorized answers 401 with custom, the app's handler, or else a
+// problem of its own.
+func writeUnauthorized(w http.ResponseWriter, r *http.Request, custom http.Handler) {
+	if custom != nil {
+		custom.ServeHTTP(w, r)
 		return
 	}
 	writeProblem(w, &Problem{
