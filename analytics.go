@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strconv"
-	"strings"
 	"time"
 )
 
@@ -20,8 +18,13 @@ type SeriesQuery struct {
 	Subject string
 	// Action selects one action; "" selects every action.
 	Action string
-	// From and To bound the range [From, To). Required.
+	// From and To bound the range [From, To). To is required; so is
+	// From, unless Last is set.
 	From, To time.Time
+	// Last, with a zero From, selects the Last whole buckets of Step
+	// that end with the one holding To: "the last 7 days, today
+	// included". At most MaxSeriesBuckets.
+	Last int
 	// Step is the bucket: PeriodHour, PeriodDay, PeriodWeek or
 	// PeriodMonth (calendar months). Default PeriodDay.
 	Step Period
@@ -31,10 +34,14 @@ type SeriesQuery struct {
 	// ByAction splits every bucket by action.
 	ByAction bool
 	// Dense includes buckets without usage, with zero amounts. With
-	// ByAction, it does so for every action that has usage in the range
-	// and, when Subject is set, every action of the subject's plan and
-	// overrides.
+	// ByAction, it does so for every action that has usage in the range,
+	// every action of Actions and, when Subject is set and Actions is
+	// nil, every action of the subject's plan and overrides.
 	Dense bool
+	// Actions are actions to fill with zeros under Dense and ByAction.
+	// Setting it (and TimeZone) spares Series a read of the subject's
+	// subscription.
+	Actions []string
 }
 
 // Point is the usage in one bucket of a series.
@@ -67,16 +74,26 @@ func (q *Quota) Series(ctx context.Context, sq SeriesQuery) ([]Point, error) {
 	if sq.Step > PeriodMonth {
 		return nil, fmt.Errorf("quota: series: step %v: want hour, day, week or month", sq.Step)
 	}
-	if sq.From.IsZero() || sq.To.IsZero() || !sq.From.Before(sq.To) {
+	if sq.Last < 0 || sq.Last > MaxSeriesBuckets || (sq.Last > 0 && !sq.From.IsZero()) {
+		return nil, fmt.Errorf("quota: series: Last %d: want 0 to %d, with a zero From", sq.Last, MaxSeriesBuckets)
+	}
+	if sq.To.IsZero() || (sq.Last == 0 && (sq.From.IsZero() || !sq.From.Before(sq.To))) {
 		return nil, fmt.Errorf("quota: series: want From before To, got [%v, %v)", sq.From, sq.To)
 	}
-	var planned []string // the actions of the subject's plan and overrides
+	for _, a := range sq.Actions {
+		if err := checkName(a, ErrInvalidAction); err != nil {
+			return nil, fmt.Errorf("quota: series: %w", err)
+		}
+	}
+	planned := sq.Actions // the actions to fill with zeros
 	zone := sq.TimeZone
-	if sq.Subject != "" {
+	if sq.Subject != "" && (zone == "" || (sq.Actions == nil && sq.Dense && sq.ByAction)) {
 		s, err := q.resolve(ctx, sq.Subject, q.now())
 		switch {
 		case err == nil:
-			planned = s.actions()
+			if planned == nil {
+				planned = s.actions()
+			}
 			if zone == "" {
 				zone = s.sub.TimeZone
 			}
@@ -89,6 +106,13 @@ func (q *Quota) Series(ctx context.Context, sq SeriesQuery) ([]Point, error) {
 	loc, err := q.location(zone)
 	if err != nil {
 		return nil, fmt.Errorf("quota: series: %w", err)
+	}
+	if sq.Last > 0 {
+		anchor := calendarAnchor(loc)
+		sq.From, sq.To = window(sq.Step, sq.To, anchor, loc)
+		for range sq.Last - 1 {
+			sq.From, _ = window(sq.Step, sq.From.Add(-time.Nanosecond), anchor, loc)
+		}
 	}
 	bounds, err := seriesBounds(sq.Step, sq.From, sq.To, loc)
 	if err != nil {
@@ -149,11 +173,16 @@ func (q *Quota) Series(ctx context.Context, sq SeriesQuery) ([]Point, error) {
 	return points, nil
 }
 
+// calendarAnchor is the anchor of calendar months and weeks in loc: the
+// first of a month.
+func calendarAnchor(loc *time.Location) time.Time {
+	return time.Date(2000, time.January, 1, 0, 0, 0, 0, loc)
+}
+
 // seriesBounds returns the bucket boundaries of [from, to): from, every
 // start of a calendar window of step in loc strictly inside, and to.
 func seriesBounds(step Period, from, to time.Time, loc *time.Location) ([]time.Time, error) {
-	// Calendar months and weeks: an anchor on the first of a month.
-	anchor := time.Date(2000, time.January, 1, 0, 0, 0, 0, loc)
+	anchor := calendarAnchor(loc)
 	bounds := []time.Time{from.UTC()}
 	for t := from; ; {
 		_, end := window(step, t, anchor, loc)
@@ -173,8 +202,13 @@ func seriesBounds(step Period, from, to time.Time, loc *time.Location) ([]time.T
 type TopQuery struct {
 	// Action is the action ranked. Required.
 	Action string
-	// From and To bound the range [From, To). Required.
+	// From and To bound the range [From, To). To is required; so is
+	// From, unless Last is set.
 	From, To time.Time
+	// Last, with a zero From, selects the Last whole buckets of Step
+	// that end with the one holding To: "the last 7 days, today
+	// included". At most MaxSeriesBuckets.
+	Last int
 	// Limit is how many subjects to return, from 1 to 1000. Default 10.
 	Limit int
 }
@@ -248,96 +282,6 @@ type Sum struct {
 
 // MaxHistoryPage is the largest page History returns.
 const MaxHistoryPage = 1000
-
-// HistoryQuery selects a subject's records, newest first, a page at a
-// time.
-type HistoryQuery struct {
-	// Subject is whose records. Required.
-	Subject string
-	// Action selects one action; "" selects every action.
-	Action string
-	// From and To bound the records' Time: From <= Time < To. Zero
-	// means unbounded.
-	From, To time.Time
-	// Limit is the page size, from 1 to MaxHistoryPage. Default 100.
-	Limit int
-	// Cursor continues after the page that returned it as Next; "" asks
-	// for the first (newest) page.
-	Cursor string
-}
-
-// Page is one page of History.
-type Page struct {
-	Records []Record `json:"records"`
-	// Next is the cursor of the following (older) page; "" on the last
-	// page.
-	Next string `json:"next,omitempty"`
-}
-
-// History returns a subject's records, newest first, a page at a time.
-// Pages are cut by record ID, so that walking them while uses go on
-// returns every record that existed when the walk began exactly once:
-// new records come before the first page, never between pages.
-func (q *Quota) History(ctx context.Context, hq HistoryQuery) (Page, error) {
-	if err := q.begin(ctx); err != nil {
-		return Page{}, err
-	}
-	if err := checkName(hq.Subject, ErrInvalidSubject); err != nil {
-		return Page{}, fmt.Errorf("quota: history: %w", err)
-	}
-	if err := q.checkFilter("", hq.Action); err != nil {
-		return Page{}, fmt.Errorf("quota: history: %w", err)
-	}
-	if hq.Limit == 0 {
-		hq.Limit = 100
-	}
-	if hq.Limit < 0 || hq.Limit > MaxHistoryPage {
-		return Page{}, fmt.Errorf("quota: history: limit %d: want 1 to %d", hq.Limit, MaxHistoryPage)
-	}
-	var before int64
-	if hq.Cursor != "" {
-		var err error
-		if before, err = parseCursor(hq.Cursor); err != nil {
-			return Page{}, fmt.Errorf("quota: history: %w", err)
-		}
-	}
-	// One more than the page tells whether another page follows.
-	recs, err := q.store.Records(ctx, RecordQuery{
-		Subject:    hq.Subject,
-		Action:     hq.Action,
-		From:       hq.From,
-		To:         hq.To,
-		BeforeID:   before,
-		Descending: true,
-		Limit:      hq.Limit + 1,
-	})
-	if err != nil {
-		return Page{}, fmt.Errorf("quota: history %q: %w", hq.Subject, err)
-	}
-	var p Page
-	if len(recs) > hq.Limit {
-		recs = recs[:hq.Limit]
-		p.Next = formatCursor(recs[len(recs)-1].ID)
-	}
-	p.Records = recs
-	return p, nil
-}
-
-const cursorPrefix = "r1."
-
-func formatCursor(id int64) string { return cursorPrefix + strconv.FormatInt(id, 36) }
-
-func parseCursor(c string) (int64, error) {
-	rest, ok := strings.CutPrefix(c, cursorPrefix)
-	if !ok {
-		return 0, fmt.Errorf("%w: %q", ErrInvalidCursor, c)
-	}
-	id, err := strconv.ParseInt(rest, 36, 64)
-	if err != nil || id <= 0 {
-		return 0, fmt.Errorf("%w: %q", ErrInvalidCursor, c)
-	}
-	return id, nil
-}
 
 // RollupStep is the granularity of the rollups that Prune folds records
 // into: a quarter of an hour, so that the days, weeks and months of every

@@ -120,7 +120,7 @@ func ExampleQuota_Reserve() {
 	}
 	fmt.Println("two held:", ok.Decision.Allowed, failed.Decision.Allowed, failed.Decision.Used)
 
-	if err := ok.Commit(ctx); err != nil { // the analysis succeeded
+	if _, err := ok.Commit(ctx); err != nil { // the analysis succeeded
 		log.Fatal(err)
 	}
 	if err := failed.Cancel(ctx); err != nil { // this one failed: give it back

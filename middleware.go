@@ -550,9 +550,11 @@ func (h *meterHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case body != nil && body.n == 0:
 		m.report(r, res.Cancel(sctx))
 	case body != nil:
-		m.report(r, res.CommitAmount(sctx, body.n))
+		_, err := res.CommitAmount(sctx, body.n)
+		m.report(r, err)
 	default:
-		m.report(r, res.Commit(sctx))
+		_, err := res.Commit(sctx)
+		m.report(r, err)
 	}
 }
 

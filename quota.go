@@ -2,15 +2,13 @@ package quota
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
-	"strconv"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,10 +31,6 @@ var (
 	_ Checker = (*Quota)(nil)
 	_ Tracker = (*Quota)(nil)
 )
-
-// DefaultReservationTTL is how long a reservation holds its amount when
-// Config.ReservationTTL is zero.
-const DefaultReservationTTL = 10 * time.Minute
 
 // Config configures a Quota. The zero value of each field selects its
 // default.
@@ -82,67 +76,6 @@ type Config struct {
 	OnError func(error)
 }
 
-// Thresholds are the percentages of a limit at which the warning, critical
-// and exceeded levels begin.
-type Thresholds struct {
-	Warning  float64 // default 80
-	Critical float64 // default 90
-	Exceeded float64 // default 100
-}
-
-// DefaultThresholds are the thresholds used when Config.Thresholds is zero.
-var DefaultThresholds = Thresholds{Warning: 80, Critical: 90, Exceeded: 100}
-
-// Level grades how much of a limit is used.
-type Level uint8
-
-// The levels, in increasing order.
-const (
-	LevelOK       Level = iota // below the warning threshold
-	LevelWarning               // at or above 80 % by default
-	LevelCritical              // at or above 90 % by default
-	LevelExceeded              // at or above 100 % by default
-)
-
-var levelNames = [...]string{"ok", "warning", "critical", "exceeded"}
-
-// String returns "ok", "warning", "critical" or "exceeded".
-func (l Level) String() string {
-	if int(l) < len(levelNames) {
-		return levelNames[l]
-	}
-	return "Level(" + strconv.Itoa(int(l)) + ")"
-}
-
-// MarshalText implements encoding.TextMarshaler.
-func (l Level) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
-
-// UnmarshalText implements encoding.TextUnmarshaler.
-func (l *Level) UnmarshalText(b []byte) error {
-	for i, n := range levelNames {
-		if string(b) == n {
-			*l = Level(i)
-			return nil
-		}
-	}
-	return fmt.Errorf("quota: unknown level %q", b)
-}
-
-// Reason says why a use was refused.
-type Reason string
-
-// The reasons for a denial.
-const (
-	// ReasonNone: the use is allowed.
-	ReasonNone Reason = ""
-	// ReasonLimit: the use would take a limit past its Max.
-	ReasonLimit Reason = "limit_exceeded"
-	// ReasonPerUse: the use is larger than a limit's MaxPerUse.
-	ReasonPerUse Reason = "per_use_cap"
-	// ReasonBelowZero: a release larger than what is allocated.
-	ReasonBelowZero Reason = "below_zero"
-)
-
 // Use is one use of an action by a subject.
 type Use struct {
 	// Subject is who uses: a user, an org, an API key. Required.
@@ -161,101 +94,16 @@ type Use struct {
 	// repeated with the same key and payload counts once and returns the
 	// first outcome; with another payload it fails with a *ConflictError.
 	Key string
-}
-
-// LimitStatus is the state of one limit of a subject's action.
-type LimitStatus struct {
-	// Period is the limit's period; PeriodNone for an allocation.
-	Period Period `json:"period"`
-	// Limit is the limit's Max; Unlimited (-1) for none.
-	Limit int64 `json:"limit"`
-	// MaxPerUse is the limit's per-use cap; 0 for none.
-	MaxPerUse int64 `json:"max_per_use,omitempty"`
-	// Used is what is counted in the current window, reservations
-	// included.
-	Used int64 `json:"used"`
-	// Remaining is Limit - Used, at least 0; Unlimited for an unlimited
-	// limit.
-	Remaining int64 `json:"remaining"`
-	// Percent is Used as a percentage of Limit; 0 for an unlimited limit,
-	// 100 for a limit of 0.
-	Percent float64 `json:"percent"`
-	// Level grades Percent against the thresholds.
-	Level Level `json:"level"`
-	// PeriodStart is the start of the current window; zero for an
-	// allocation.
-	PeriodStart time.Time `json:"period_start,omitzero"`
-	// ResetAt is when the next window starts; zero for an allocation.
-	ResetAt time.Time `json:"reset_at,omitzero"`
-}
-
-// Decision is the answer to a use. Its embedded LimitStatus describes the
-// limit that decided: the one that refused a denied use, or the most used
-// one of an allowed use. Limits holds every limit of the action.
-type Decision struct {
-	// Allowed reports whether the use is (or would be, for Check)
-	// granted. A denial is not an error.
-	Allowed bool `json:"allowed"`
-	// Reason says why a use was denied; ReasonNone when allowed.
-	Reason  Reason `json:"reason,omitempty"`
-	Subject string `json:"subject"`
-	Action  string `json:"action"`
-	Plan    string `json:"plan"`
-	Amount  int64  `json:"amount"`
-	LimitStatus
-	Limits []LimitStatus `json:"limits"`
-	// RecordID is the ledger record written, when one was.
-	RecordID int64 `json:"record_id,omitempty"`
-	// Replayed reports that the use repeated an idempotency key: the
-	// decision is that of the first use, and nothing was written.
-	Replayed bool `json:"replayed,omitempty"`
-}
-
-// Err returns nil for an allowed use and an *ExceededError matching
-// ErrExceeded for a denied one, for code that prefers the error form.
-func (d Decision) Err() error {
-	if d.Allowed {
-		return nil
-	}
-	return &ExceededError{Decision: d}
-}
-
-// RetryAfter returns how long after now the decisive limit resets, rounded
-// up to whole seconds; 0 when the decision is allowed or its limit never
-// resets.
-func (d Decision) RetryAfter(now time.Time) time.Duration {
-	if d.Allowed || d.ResetAt.IsZero() {
-		return 0
-	}
-	wait := d.ResetAt.Sub(now)
-	if wait <= 0 {
-		return 0
-	}
-	return (wait + time.Second - 1).Truncate(time.Second)
-}
-
-// Subscription binds a subject to a plan.
-type Subscription struct {
-	// Subject is who is subscribed. Required.
-	Subject string `json:"subject"`
-	// Plan names a plan of the catalog. Required.
-	Plan string `json:"plan"`
-	// Anchor is the billing anchor: monthly and yearly windows begin on
-	// its day of month (clamped to short months) at midnight in
-	// TimeZone. Default: the anchor of the subject's current
-	// subscription, so that a plan change keeps the billing month; for a
-	// new subject, the time of Subscribe.
-	Anchor time.Time `json:"anchor"`
-	// TimeZone is the IANA name of the zone in which the subject's days,
-	// weeks and months begin. Default "UTC".
-	TimeZone string `json:"time_zone,omitempty"`
-	// Overrides replaces the plan's limits of an action for this subject
-	// alone.
-	Overrides map[string][]Limit `json:"overrides,omitempty"`
-	// NextPlan, when set, replaces Plan from NextPlanAt on: a change
-	// scheduled by SchedulePlan.
-	NextPlan   string    `json:"next_plan,omitempty"`
-	NextPlanAt time.Time `json:"next_plan_at,omitzero"`
+	// Features lists features that the subject's plan must grant. A plan
+	// that lacks one denies the use with ReasonFeature, naming it in
+	// Decision.Feature, before any limit is looked at: a feature gate
+	// that costs no extra store call.
+	Features []string
+	// UpToCap lowers Amount to the smallest per-use cap of the action's
+	// limits, when one is lower: Reserve(Use{Amount: n, UpToCap: true})
+	// holds as much as one use may take, at most n, for a request body
+	// of unknown length. Decision.Amount tells the amount decided on.
+	UpToCap bool
 }
 
 // Quota enforces a catalog of plans over a Store. It is safe for concurrent
@@ -349,6 +197,19 @@ func (q *Quota) Plan(name string) (Plan, error) {
 	return clonePlan(p), nil
 }
 
+// Actions returns the actions that the catalog's plans limit, sorted.
+func (q *Quota) Actions() []string {
+	out := make([]string, 0, len(q.actions))
+	for a := range q.actions {
+		out = append(out, a)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Now returns the current time by the Quota's clock (Config.Now).
+func (q *Quota) Now() time.Time { return q.now() }
+
 func clonePlan(p *Plan) Plan {
 	cp := Plan{Name: p.Name, Limits: make(map[string][]Limit, len(p.Limits)), Features: append([]string(nil), p.Features...)}
 	for a, ls := range p.Limits {
@@ -365,243 +226,6 @@ func (q *Quota) begin(ctx context.Context) error {
 		return ErrClosed
 	}
 	return ctx.Err()
-}
-
-func (q *Quota) location(name string) (*time.Location, error) {
-	if name == "" || name == "UTC" {
-		return time.UTC, nil
-	}
-	if l, ok := q.locs.Load(name); ok {
-		return l.(*time.Location), nil
-	}
-	if err := checkName(name, ErrInvalidSubscription); err != nil {
-		return nil, err
-	}
-	l, err := time.LoadLocation(name)
-	if err != nil {
-		return nil, fmt.Errorf("%w: time zone %q: %v", ErrInvalidSubscription, name, err)
-	}
-	q.locs.Store(name, l)
-	return l, nil
-}
-
-// Subscribe creates or replaces the subscription of s.Subject. It takes
-// effect at once, and clears any scheduled plan change: an upgrade counts
-// the usage already recorded in the current windows against the new
-// limits. To downgrade at the end of the paid period instead, use
-// SchedulePlan.
-func (q *Quota) Subscribe(ctx context.Context, s Subscription) error {
-	if err := q.begin(ctx); err != nil {
-		return err
-	}
-	if err := checkName(s.Subject, ErrInvalidSubject); err != nil {
-		return fmt.Errorf("quota: subscribe: %w", err)
-	}
-	if q.plans[s.Plan] == nil {
-		return fmt.Errorf("quota: subscribe %q: plan %q: %w", s.Subject, s.Plan, ErrUnknownPlan)
-	}
-	if _, err := q.location(s.TimeZone); err != nil {
-		return fmt.Errorf("quota: subscribe %q: %w", s.Subject, err)
-	}
-	if s.Anchor.IsZero() {
-		// Keep the billing anchor of a plan change; start a new
-		// subscription now.
-		old, err := q.store.GetSubscription(ctx, s.Subject)
-		switch {
-		case err == nil:
-			s.Anchor = old.Anchor
-		case errors.Is(err, ErrNoSubscription):
-			s.Anchor = q.now()
-		default:
-			return fmt.Errorf("quota: subscribe %q: %w", s.Subject, err)
-		}
-	}
-	s.Anchor = s.Anchor.UTC()
-	if len(s.Overrides) > 0 {
-		ov := make(map[string][]Limit, len(s.Overrides))
-		for a, ls := range s.Overrides {
-			if !q.actions[a] {
-				return fmt.Errorf("quota: subscribe %q: override of %q: %w", s.Subject, a, ErrUnknownAction)
-			}
-			cp, perr := validateLimits(a, ls)
-			if perr != nil {
-				return fmt.Errorf("quota: subscribe %q: override: %w: %w", s.Subject, ErrInvalidSubscription, perr)
-			}
-			ov[a] = cp
-		}
-		s.Overrides = ov
-	} else {
-		s.Overrides = nil
-	}
-	s.NextPlan, s.NextPlanAt = "", time.Time{}
-	if err := q.store.PutSubscription(ctx, s); err != nil {
-		return fmt.Errorf("quota: subscribe %q: %w", s.Subject, err)
-	}
-	return nil
-}
-
-// SchedulePlan schedules subject's change to plan at the start of its next
-// billing month, so that a downgrade keeps the allowance paid for until
-// then. It returns when the change takes effect. A later Subscribe
-// replaces the schedule.
-func (q *Quota) SchedulePlan(ctx context.Context, subject, plan string) (time.Time, error) {
-	if err := q.begin(ctx); err != nil {
-		return time.Time{}, err
-	}
-	if err := checkName(subject, ErrInvalidSubject); err != nil {
-		return time.Time{}, fmt.Errorf("quota: schedule plan: %w", err)
-	}
-	if q.plans[plan] == nil {
-		return time.Time{}, fmt.Errorf("quota: schedule plan %q for %q: %w", plan, subject, ErrUnknownPlan)
-	}
-	s, err := q.store.GetSubscription(ctx, subject)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("quota: schedule plan for %q: %w", subject, err)
-	}
-	loc, err := q.location(s.TimeZone)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("quota: schedule plan for %q: %w", subject, err)
-	}
-	now := q.now()
-	if s.NextPlan != "" && !now.Before(s.NextPlanAt) {
-		s.Plan = s.NextPlan // an earlier change already took effect
-	}
-	_, at := window(PeriodMonth, now, s.Anchor, loc)
-	s.NextPlan, s.NextPlanAt = plan, at
-	if err := q.store.PutSubscription(ctx, s); err != nil {
-		return time.Time{}, fmt.Errorf("quota: schedule plan for %q: %w", subject, err)
-	}
-	return at, nil
-}
-
-// Subscription returns the subscription of subject as stored, or an error
-// matching ErrNoSubscription.
-func (q *Quota) Subscription(ctx context.Context, subject string) (Subscription, error) {
-	if err := q.begin(ctx); err != nil {
-		return Subscription{}, err
-	}
-	if err := checkName(subject, ErrInvalidSubject); err != nil {
-		return Subscription{}, fmt.Errorf("quota: subscription: %w", err)
-	}
-	s, err := q.store.GetSubscription(ctx, subject)
-	if err != nil {
-		return Subscription{}, fmt.Errorf("quota: subscription %q: %w", subject, err)
-	}
-	return s, nil
-}
-
-// subscriber is a subscription resolved at one instant.
-type subscriber struct {
-	sub     Subscription
-	plan    *Plan
-	loc     *time.Location
-	windows *windowCache
-	q       *Quota
-}
-
-// windowCache remembers recent windows, since computing one takes several
-// calendar conversions and most uses fall in a window computed before. It
-// is a direct-mapped table of immutable entries, safe for concurrent use.
-type windowCache struct {
-	slots [256]atomic.Pointer[cachedWindow]
-}
-
-type cachedWindow struct {
-	period     Period
-	anchor     int64 // Unix nanoseconds; 0 for periods that ignore it
-	loc        *time.Location
-	start, end time.Time
-}
-
-func (c *windowCache) window(p Period, t, anchor time.Time, loc *time.Location) (start, end time.Time) {
-	if p == PeriodNone {
-		return time.Time{}, time.Time{}
-	}
-	var a int64
-	if p >= PeriodMonth {
-		a = anchor.UnixNano()
-	}
-	h := uint64(a)*0x9E3779B97F4A7C15 ^ uint64(p)*0xC2B2AE3D27D4EB4F
-	slot := &c.slots[h>>56]
-	if w := slot.Load(); w != nil && w.period == p && w.anchor == a && w.loc == loc && !t.Before(w.start) && t.Before(w.end) {
-		return w.start, w.end
-	}
-	start, end = window(p, t, anchor, loc)
-	slot.Store(&cachedWindow{period: p, anchor: a, loc: loc, start: start, end: end})
-	return start, end
-}
-
-func (q *Quota) resolve(ctx context.Context, subject string, now time.Time) (subscriber, error) {
-	s, err := q.store.GetSubscription(ctx, subject)
-	if errors.Is(err, ErrNoSubscription) && q.def != "" {
-		s, err = Subscription{Subject: subject, Plan: q.def, Anchor: time.Unix(0, 0).UTC()}, nil
-	}
-	if err != nil {
-		return subscriber{}, err
-	}
-	name := s.Plan
-	if s.NextPlan != "" && !now.Before(s.NextPlanAt) {
-		name = s.NextPlan
-	}
-	p := q.plans[name]
-	if p == nil {
-		// The catalog no longer defines the stored plan.
-		return subscriber{}, fmt.Errorf("plan %q of %q: %w", name, subject, ErrUnknownPlan)
-	}
-	loc, err := q.location(s.TimeZone)
-	if err != nil {
-		return subscriber{}, err
-	}
-	return subscriber{sub: s, plan: p, loc: loc, windows: &q.windows, q: q}, nil
-}
-
-// blocked stands for an action that the catalog knows and a plan omits.
-var blocked = []Limit{Total(0)}
-
-func (s *subscriber) limits(action string) []Limit {
-	if ls, ok := s.sub.Overrides[action]; ok {
-		return ls
-	}
-	if ls, ok := s.plan.Limits[action]; ok {
-		return ls
-	}
-	return blocked
-}
-
-// actions returns the actions of the plan and the overrides, in order.
-func (s *subscriber) actions() []string {
-	actions := s.plan.Actions()
-	for a := range s.sub.Overrides {
-		if _, ok := s.plan.Limits[a]; !ok {
-			actions = append(actions, a)
-		}
-	}
-	sort.Strings(actions)
-	return actions
-}
-
-func (s *subscriber) counters(action string, limits []Limit, now time.Time) []CounterOp {
-	return s.appendCounters(make([]CounterOp, 0, len(limits)), action, limits, now)
-}
-
-// appendCounters appends to dst the counters that limits charge at now.
-// Limits are sorted by period, so the counters come out sorted by
-// CounterKey.Less.
-func (s *subscriber) appendCounters(dst []CounterOp, action string, limits []Limit, now time.Time) []CounterOp {
-	for _, l := range limits {
-		start, end := s.windows.window(l.Period, now, s.sub.Anchor, s.loc)
-		dst = append(dst, CounterOp{
-			CounterKey: CounterKey{Subject: s.sub.Subject, Action: action, Period: l.Period, Start: start},
-			End:        end,
-			Max:        l.Max,
-		})
-	}
-	if s.q.notifier != nil {
-		for i := len(dst) - len(limits); i < len(dst); i++ {
-			dst[i].Marks = s.q.marks(dst[i].Max)
-		}
-	}
-	return dst
 }
 
 type mode uint8
@@ -623,6 +247,7 @@ type prepared struct {
 	limits   []Limit
 	counters []CounterOp
 	now      time.Time
+	missing  string // a feature of u.Features that the plan lacks
 }
 
 // prepare validates u into p, computing its counters into buf.
@@ -644,6 +269,11 @@ func (q *Quota) prepare(ctx context.Context, u Use, m mode, p *prepared, buf []C
 	if u.ResourceID != "" {
 		if err := checkName(u.ResourceID, ErrInvalidName); err != nil {
 			return fmt.Errorf("resource id: %w", err)
+		}
+	}
+	for _, f := range u.Features {
+		if err := checkName(f, ErrInvalidName); err != nil {
+			return fmt.Errorf("feature: %w", err)
 		}
 	}
 	switch {
@@ -677,6 +307,19 @@ func (q *Quota) prepare(ctx context.Context, u Use, m mode, p *prepared, buf []C
 	}
 	if u.Amount < 0 && !p.limits[0].IsAllocation() {
 		return fmt.Errorf("%w: %d: %q has no allocation limit to release", ErrInvalidAmount, u.Amount, u.Action)
+	}
+	if u.UpToCap {
+		for _, l := range p.limits {
+			if l.MaxPerUse > 0 && l.MaxPerUse < p.u.Amount {
+				p.u.Amount = l.MaxPerUse
+			}
+		}
+	}
+	for _, f := range u.Features {
+		if !sub.plan.HasFeature(f) {
+			p.missing = f
+			break
+		}
 	}
 	p.counters = sub.appendCounters(buf, u.Action, p.limits, p.now)
 	return nil
@@ -714,6 +357,9 @@ func (q *Quota) Check(ctx context.Context, u Use) (Decision, error) {
 	if err := q.prepare(ctx, u, modeCheck, &p, nil); err != nil {
 		return Decision{}, fmt.Errorf("quota: check: %w", err)
 	}
+	if p.missing != "" {
+		return denyFeature(&p), nil
+	}
 	cs, err := q.readCounters(ctx, &p)
 	if err != nil {
 		return Decision{}, fmt.Errorf("quota: check %q %q: %w", u.Subject, u.Action, err)
@@ -728,12 +374,6 @@ func (q *Quota) Check(ctx context.Context, u Use) (Decision, error) {
 	var d Decision
 	q.decide(&d, &p, cs, true)
 	return d, nil
-}
-
-func denyPerUse(d Decision, i int) Decision {
-	d.Allowed, d.Reason = false, ReasonPerUse
-	d.LimitStatus = d.Limits[i]
-	return d
 }
 
 func (q *Quota) readCounters(ctx context.Context, p *prepared) ([]Counter, error) {
@@ -785,6 +425,10 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (*Hol
 	if err := q.prepare(ctx, u, m, &p, b.counters[:0]); err != nil {
 		return nil, fmt.Errorf("quota: %s: %w", modeNames[m], err)
 	}
+	if m != modeTrack && p.missing != "" {
+		*d = denyFeature(&p)
+		return nil, nil
+	}
 	if m != modeTrack && p.u.Amount > 0 {
 		if i := p.perUseExceeded(); i >= 0 {
 			cs, err := q.readCounters(ctx, &p)
@@ -802,7 +446,7 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (*Hol
 		Record: Record{
 			Subject:    u.Subject,
 			Action:     u.Action,
-			Amount:     u.Amount,
+			Amount:     p.u.Amount,
 			ResourceID: u.ResourceID,
 			Metadata:   p.meta,
 			Key:        u.Key,
@@ -872,321 +516,4 @@ func (b *opBuf) release() {
 	clear(b.op.Counters)
 	b.op = Op{}
 	opPool.Put(b)
-}
-
-// decide fills d with the decision for p from the counters. With evaluate
-// set the counters do not include the use, and the decision says whether
-// it fits; otherwise they include it and the decision allows it.
-func (q *Quota) decide(d *Decision, p *prepared, cs []Counter, evaluate bool) {
-	*d = Decision{
-		Allowed: true,
-		Subject: p.u.Subject,
-		Action:  p.u.Action,
-		Plan:    p.sub.plan.Name,
-		Amount:  p.u.Amount,
-		Limits:  make([]LimitStatus, len(p.limits)),
-	}
-	decisive := -1
-	for i, l := range p.limits {
-		c := &cs[i]
-		st := &d.Limits[i]
-		q.setStatus(st, l, c.Used+c.Held, &p.counters[i])
-		if !evaluate {
-			continue
-		}
-		a := p.u.Amount
-		refused := false
-		switch {
-		case a > 0:
-			refused = !l.IsUnlimited() && st.Used > l.Max-a
-		case a < 0:
-			refused = c.Used+a < 0
-		}
-		if refused && decisive < 0 {
-			decisive = i
-		}
-	}
-	if decisive >= 0 {
-		d.Allowed = false
-		d.Reason = ReasonLimit
-		if p.u.Amount < 0 {
-			d.Reason = ReasonBelowZero
-		}
-	} else {
-		decisive = 0
-		for i := range d.Limits {
-			if d.Limits[i].Percent > d.Limits[decisive].Percent {
-				decisive = i
-			}
-		}
-	}
-	d.LimitStatus = d.Limits[decisive]
-}
-
-func (q *Quota) setStatus(st *LimitStatus, l Limit, used int64, c *CounterOp) {
-	*st = LimitStatus{
-		Period:      l.Period,
-		Limit:       l.Max,
-		MaxPerUse:   l.MaxPerUse,
-		Used:        used,
-		PeriodStart: c.Start,
-		ResetAt:     c.End,
-	}
-	switch {
-	case l.IsUnlimited():
-		st.Remaining = Unlimited
-	case l.Max == 0:
-		st.Percent = 100
-	default:
-		st.Remaining = max(0, l.Max-used)
-		st.Percent = float64(used) * 100 / float64(l.Max)
-	}
-	st.Level = q.level(st.Percent)
-}
-
-func (q *Quota) level(pct float64) Level {
-	switch t := q.levels; {
-	case pct >= t.Exceeded:
-		return LevelExceeded
-	case pct >= t.Critical:
-		return LevelCritical
-	case pct >= t.Warning:
-		return LevelWarning
-	}
-	return LevelOK
-}
-
-func newID() string {
-	var b [16]byte
-	rand.Read(b[:]) // never fails (crypto/rand)
-	return hex.EncodeToString(b[:])
-}
-
-// Reservation is an amount held by Reserve: it counts against the limits
-// at once, until it is committed, cancelled, or it expires. A Reservation
-// is safe for concurrent use, though only its first Commit or Cancel
-// succeeds.
-type Reservation struct {
-	// ID identifies the reservation in the store; CommitReservation and
-	// CancelReservation accept it, also from another process.
-	ID string
-	// Decision is the outcome of Reserve. When it is not Allowed, nothing
-	// is held and ID is empty.
-	Decision Decision
-	// ExpiresAt is when the hold stops counting unless committed.
-	ExpiresAt time.Time
-
-	q *Quota
-}
-
-// Reserve holds u.Amount against every limit of u.Action, as Consume would
-// charge it, without recording a use yet. The hold counts at once; Commit
-// records the use, Cancel releases it, and a hold neither committed nor
-// cancelled expires after Config.ReservationTTL. A denial is returned as a
-// Reservation whose Decision is not Allowed, with a nil error.
-func (q *Quota) Reserve(ctx context.Context, u Use) (*Reservation, error) {
-	r := &Reservation{q: q}
-	h, err := q.applyHold(ctx, u, modeReserve, &r.Decision)
-	if err != nil {
-		return nil, err
-	}
-	if h != nil {
-		r.ID, r.ExpiresAt = h.ID, h.ExpiresAt
-	}
-	return r, nil
-}
-
-// Commit records the reserved use with its full amount.
-func (r *Reservation) Commit(ctx context.Context) error {
-	_, err := r.q.CommitReservation(ctx, r.ID, r.Decision.Amount)
-	return err
-}
-
-// CommitAmount records the reserved use with amount, from 1 to the
-// reserved amount (bytes actually received, say); the rest is released.
-func (r *Reservation) CommitAmount(ctx context.Context, amount int64) error {
-	if amount > r.Decision.Amount {
-		return fmt.Errorf("quota: commit %s: %w: %d is more than the %d reserved", r.ID, ErrInvalidAmount, amount, r.Decision.Amount)
-	}
-	_, err := r.q.CommitReservation(ctx, r.ID, amount)
-	return err
-}
-
-// Cancel releases the reserved amount.
-func (r *Reservation) Cancel(ctx context.Context) error {
-	return r.q.CancelReservation(ctx, r.ID)
-}
-
-// CommitReservation records the use held by reservation id with amount
-// (1 to the reserved amount) and returns its record. A reservation that
-// expired returns ErrReservationExpired; an unknown, committed or
-// cancelled one ErrReservationNotFound.
-func (q *Quota) CommitReservation(ctx context.Context, id string, amount int64) (Record, error) {
-	if err := q.begin(ctx); err != nil {
-		return Record{}, err
-	}
-	if id == "" {
-		return Record{}, fmt.Errorf("quota: commit: %w: empty id", ErrReservationNotFound)
-	}
-	if amount <= 0 || amount > MaxAmount {
-		return Record{}, fmt.Errorf("quota: commit %s: %w: %d", id, ErrInvalidAmount, amount)
-	}
-	rec, err := q.store.Commit(ctx, id, amount, q.now())
-	if err != nil {
-		return Record{}, fmt.Errorf("quota: commit %s: %w", id, err)
-	}
-	return rec, nil
-}
-
-// CancelReservation releases the amount held by reservation id.
-func (q *Quota) CancelReservation(ctx context.Context, id string) error {
-	if err := q.begin(ctx); err != nil {
-		return err
-	}
-	if id == "" {
-		return fmt.Errorf("quota: cancel: %w: empty id", ErrReservationNotFound)
-	}
-	if err := q.store.Cancel(ctx, id, q.now()); err != nil {
-		return fmt.Errorf("quota: cancel %s: %w", id, err)
-	}
-	return nil
-}
-
-// HasFeature reports whether the plan in force for subject grants feature.
-func (q *Quota) HasFeature(ctx context.Context, subject, feature string) (bool, error) {
-	if err := q.begin(ctx); err != nil {
-		return false, err
-	}
-	if err := checkName(subject, ErrInvalidSubject); err != nil {
-		return false, fmt.Errorf("quota: has feature: %w", err)
-	}
-	if err := checkName(feature, ErrInvalidName); err != nil {
-		return false, fmt.Errorf("quota: has feature: feature: %w", err)
-	}
-	s, err := q.resolve(ctx, subject, q.now())
-	if err != nil {
-		return false, fmt.Errorf("quota: has feature %q: %w", subject, err)
-	}
-	return s.plan.HasFeature(feature), nil
-}
-
-// Report is a subject's usage of every action of its plan at one instant,
-// for a dashboard.
-type Report struct {
-	Subject string    `json:"subject"`
-	Plan    string    `json:"plan"`
-	At      time.Time `json:"at"`
-	// TimeZone is the IANA zone in which the subject's days, weeks and
-	// months begin.
-	TimeZone string        `json:"time_zone"`
-	Actions  []ActionUsage `json:"actions"`
-	Features []string      `json:"features"`
-}
-
-// ActionUsage is the usage of one action. Its embedded LimitStatus is the
-// most used of Limits.
-type ActionUsage struct {
-	Action string `json:"action"`
-	LimitStatus
-	Limits []LimitStatus `json:"limits"`
-	// Previous holds, for each of Limits in the same order, the window
-	// before the current one and what was used in it: "last month" on a
-	// dashboard. It is the zero WindowUsage for an allocation.
-	Previous []WindowUsage `json:"previous"`
-}
-
-// WindowUsage is what was used in one window of a limit.
-type WindowUsage struct {
-	Start time.Time `json:"start,omitzero"`
-	End   time.Time `json:"end,omitzero"`
-	Used  int64     `json:"used"`
-}
-
-// Usage reports subject's usage of every action its plan (and its
-// overrides) limits, in action order, with the plan's features.
-func (q *Quota) Usage(ctx context.Context, subject string) (Report, error) {
-	if err := q.begin(ctx); err != nil {
-		return Report{}, err
-	}
-	if err := checkName(subject, ErrInvalidSubject); err != nil {
-		return Report{}, fmt.Errorf("quota: usage: %w", err)
-	}
-	now := q.now()
-	s, err := q.resolve(ctx, subject, now)
-	if err != nil {
-		return Report{}, fmt.Errorf("quota: usage %q: %w", subject, err)
-	}
-	actions := s.actions()
-	// One read for the current windows and, after them, the previous
-	// ones.
-	var keys []CounterKey
-	var ops []CounterOp
-	for _, a := range actions {
-		for _, c := range s.counters(a, s.limits(a), now) {
-			ops = append(ops, c)
-			keys = append(keys, c.CounterKey)
-		}
-	}
-	prev := make([]CounterOp, len(ops))
-	for i, c := range ops {
-		if c.Period == PeriodNone {
-			continue
-		}
-		start, end := s.windows.window(c.Period, c.Start.Add(-time.Nanosecond), s.sub.Anchor, s.loc)
-		prev[i] = CounterOp{CounterKey: CounterKey{Subject: c.Subject, Action: c.Action, Period: c.Period, Start: start}, End: end}
-		keys = append(keys, prev[i].CounterKey)
-	}
-	cs, err := q.store.Counters(ctx, keys, now)
-	if err != nil {
-		return Report{}, fmt.Errorf("quota: usage %q: %w", subject, err)
-	}
-	if len(cs) != len(keys) {
-		return Report{}, fmt.Errorf("quota: usage %q: store returned %d counters for %d keys", subject, len(cs), len(keys))
-	}
-	r := Report{Subject: subject, Plan: s.plan.Name, At: now.UTC(), TimeZone: s.loc.String(), Features: append([]string{}, s.plan.Features...)}
-	i, k := 0, len(ops)
-	for _, a := range actions {
-		limits := s.limits(a)
-		au := ActionUsage{Action: a, Limits: make([]LimitStatus, len(limits)), Previous: make([]WindowUsage, len(limits))}
-		best := 0
-		for j, l := range limits {
-			q.setStatus(&au.Limits[j], l, cs[i].Used+cs[i].Held, &ops[i])
-			if au.Limits[j].Percent > au.Limits[best].Percent {
-				best = j
-			}
-			if l.Period != PeriodNone {
-				au.Previous[j] = WindowUsage{Start: prev[i].Start, End: prev[i].End, Used: cs[k].Used}
-				k++
-			}
-			i++
-		}
-		au.LimitStatus = au.Limits[best]
-		r.Actions = append(r.Actions, au)
-	}
-	return r, nil
-}
-
-// Records returns the ledger records q selects, in ascending ID order.
-func (q *Quota) Records(ctx context.Context, rq RecordQuery) ([]Record, error) {
-	if err := q.begin(ctx); err != nil {
-		return nil, err
-	}
-	if rq.Subject != "" {
-		if err := checkName(rq.Subject, ErrInvalidSubject); err != nil {
-			return nil, fmt.Errorf("quota: records: %w", err)
-		}
-	}
-	if rq.Action != "" {
-		if err := checkName(rq.Action, ErrInvalidAction); err != nil {
-			return nil, fmt.Errorf("quota: records: %w", err)
-		}
-	}
-	if rq.Limit < 0 || rq.AfterID < 0 {
-		return nil, fmt.Errorf("quota: records: negative limit or cursor")
-	}
-	recs, err := q.store.Records(ctx, rq)
-	if err != nil {
-		return nil, fmt.Errorf("quota: records: %w", err)
-	}
-	return recs, nil
 }

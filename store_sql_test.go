@@ -869,7 +869,7 @@ func TestSQLStoreCallerTx(t *testing.T) {
 			if d, err := q.Consume(ctx, quota.Use{Subject: use.Subject, Action: "x", Amount: 1}); err != nil || d.Allowed {
 				t.Fatalf("Consume past the limit in tx = %+v, %v; want denied", d, err)
 			}
-			if err := r.Commit(ctx); err != nil {
+			if _, err := r.Commit(ctx); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -948,7 +948,7 @@ func TestSQLStoreCancellation(t *testing.T) {
 					case 2:
 						var r *quota.Reservation
 						if r, err = q.Reserve(ctx, u); err == nil && r.Decision.Allowed {
-							err = r.Commit(ctx)
+							_, err = r.Commit(ctx)
 						}
 					default:
 						_, err = q.Consume(ctx, u)
@@ -1037,7 +1037,7 @@ func TestSQLStoreHostileValues(t *testing.T) {
 			if err != nil || !r.Decision.Allowed {
 				t.Fatalf("Reserve = %+v, %v", r, err)
 			}
-			if err := r.Commit(ctx); err != nil {
+			if _, err := r.Commit(ctx); err != nil {
 				t.Fatal(err)
 			}
 			if d, err := q.Consume(ctx, use); err != nil || !d.Replayed {

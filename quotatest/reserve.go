@@ -70,7 +70,7 @@ func testReservations(t *testing.T, s *suite) {
 
 	// Commit records the reserved amount at the time of Reserve.
 	e.clock.Add(time.Minute)
-	if err := r1.Commit(e.ctx); err != nil {
+	if _, err := r1.Commit(e.ctx); err != nil {
 		t.Fatalf("Commit() of Reserve(4) = %v", err)
 	}
 	recs := e.records(t, quota.RecordQuery{Subject: subj})
@@ -80,7 +80,7 @@ func testReservations(t *testing.T, s *suite) {
 	wantCounter("after Commit of 4", 4, 6)
 
 	// CommitAmount records less and releases the rest.
-	if err := r2.CommitAmount(e.ctx, 2); err != nil {
+	if _, err := r2.CommitAmount(e.ctx, 2); err != nil {
 		t.Fatalf("CommitAmount(2) of Reserve(6) = %v", err)
 	}
 	recs = e.records(t, quota.RecordQuery{Subject: subj})
@@ -92,7 +92,7 @@ func testReservations(t *testing.T, s *suite) {
 	wantDenied(t, "Check(5) with 6 used", check(t, e.ctx, q, use(5)), quota.ReasonLimit, 6)
 
 	// A reservation is committed or cancelled once.
-	wantErr(t, "second Commit()", r1.Commit(e.ctx), quota.ErrReservationNotFound)
+	wantErr(t, "second Commit()", second(r1.Commit(e.ctx)), quota.ErrReservationNotFound)
 	wantErr(t, "Cancel() after Commit", r1.Cancel(e.ctx), quota.ErrReservationNotFound)
 	wantErr(t, "Cancel() after CommitAmount", r2.Cancel(e.ctx), quota.ErrReservationNotFound)
 
@@ -104,18 +104,18 @@ func testReservations(t *testing.T, s *suite) {
 	}
 	wantCounter("after Cancel", 6, 0)
 	wantErr(t, "second Cancel()", r3.Cancel(e.ctx), quota.ErrReservationNotFound)
-	wantErr(t, "Commit() after Cancel", r3.Commit(e.ctx), quota.ErrReservationNotFound)
+	wantErr(t, "Commit() after Cancel", second(r3.Commit(e.ctx)), quota.ErrReservationNotFound)
 
 	// Bad commits leave the hold alone.
 	r4 := reserve(2)
-	wantErr(t, "CommitAmount(3) of Reserve(2)", r4.CommitAmount(e.ctx, 3), quota.ErrInvalidAmount)
-	wantErr(t, "CommitAmount(0) of Reserve(2)", r4.CommitAmount(e.ctx, 0), quota.ErrInvalidAmount)
+	wantErr(t, "CommitAmount(3) of Reserve(2)", second(r4.CommitAmount(e.ctx, 3)), quota.ErrInvalidAmount)
+	wantErr(t, "CommitAmount(0) of Reserve(2)", second(r4.CommitAmount(e.ctx, 0)), quota.ErrInvalidAmount)
 	var nilCtx context.Context
-	wantErr(t, "Commit(nil context)", r4.Commit(nilCtx), quota.ErrNilContext)
+	wantErr(t, "Commit(nil context)", second(r4.Commit(nilCtx)), quota.ErrNilContext)
 	wantErr(t, "Cancel(nil context)", r4.Cancel(nilCtx), quota.ErrNilContext)
 	cancelled, cancel := context.WithCancel(e.ctx)
 	cancel()
-	wantErr(t, "Commit(cancelled context)", r4.Commit(cancelled), context.Canceled)
+	wantErr(t, "Commit(cancelled context)", second(r4.Commit(cancelled)), context.Canceled)
 	_, err := e.store.Commit(cancelled, r4.ID, 2, e.clock.Now())
 	wantErr(t, "Store.Commit(cancelled context)", err, context.Canceled)
 	wantErr(t, "Store.Cancel(cancelled context)", e.store.Cancel(cancelled, r4.ID, e.clock.Now()), context.Canceled)
@@ -131,7 +131,7 @@ func testReservations(t *testing.T, s *suite) {
 		at := e.clock.Now()
 		e.clock.Set(r5.ExpiresAt.Add(-time.Microsecond))
 		wantCounter("a microsecond before the expiry", 6, 4)
-		if err := r5.CommitAmount(e.ctx, 1); err != nil {
+		if _, err := r5.CommitAmount(e.ctx, 1); err != nil {
 			t.Errorf("CommitAmount(1) a microsecond before the expiry = %v; want nil", err)
 		}
 		wantCounter("after CommitAmount(1)", 7, 0)
@@ -144,8 +144,8 @@ func testReservations(t *testing.T, s *suite) {
 		// At the expiry, the hold stops counting and a commit fails.
 		r6 := reserve(3)
 		e.clock.Set(r6.ExpiresAt)
-		wantErr(t, "Commit() at the expiry", r6.Commit(e.ctx), quota.ErrReservationExpired)
-		wantErr(t, "second Commit() after the expiry", r6.Commit(e.ctx), quota.ErrReservationNotFound)
+		wantErr(t, "Commit() at the expiry", second(r6.Commit(e.ctx)), quota.ErrReservationExpired)
+		wantErr(t, "second Commit() after the expiry", second(r6.Commit(e.ctx)), quota.ErrReservationNotFound)
 		wantErr(t, "Cancel() after the expiry", r6.Cancel(e.ctx), quota.ErrReservationNotFound)
 		wantCounter("after the expiry", 7, 0)
 
@@ -155,7 +155,7 @@ func testReservations(t *testing.T, s *suite) {
 		e.clock.Set(r7.ExpiresAt.Add(time.Second))
 		wantCounter("a second after the expiry", 7, 0)
 		wantAllowed(t, "Consume(3) with an expired hold of 3", consume(t, e.ctx, q, use(3)), 10)
-		if err := r7.Commit(e.ctx); !errors.Is(err, quota.ErrReservationExpired) && !errors.Is(err, quota.ErrReservationNotFound) {
+		if _, err := r7.Commit(e.ctx); !errors.Is(err, quota.ErrReservationExpired) && !errors.Is(err, quota.ErrReservationNotFound) {
 			t.Errorf("Commit() after the expiry = %v; want an error matching ErrReservationExpired or ErrReservationNotFound", err)
 		}
 		if c, recs := e.ledger(t, w); c.Used != 10 || c.Held != 0 || len(recs) != n+1 {
@@ -198,7 +198,7 @@ func testReservations(t *testing.T, s *suite) {
 		if diff := cmp.Diff([]quota.Record{rec}, recs, cmpTime, cmpEmpty); diff != "" {
 			t.Errorf("records (-committed +stored):\n%s", diff)
 		}
-		wantErr(t, "Commit() of the first Reservation", r1.Commit(e.ctx), quota.ErrReservationNotFound)
+		wantErr(t, "Commit() of the first Reservation", second(r1.Commit(e.ctx)), quota.ErrReservationNotFound)
 	})
 
 	t.Run("Concurrent", func(t *testing.T) {
@@ -246,7 +246,7 @@ func testReservations(t *testing.T, s *suite) {
 				wg.Go(func() {
 					var err error
 					if commit {
-						err = r.Commit(e.ctx)
+						_, err = r.Commit(e.ctx)
 					} else {
 						err = r.Cancel(e.ctx)
 					}

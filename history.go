@@ -1,0 +1,124 @@
+package quota
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Records returns the ledger records q selects, in ascending ID order.
+func (q *Quota) Records(ctx context.Context, rq RecordQuery) ([]Record, error) {
+	if err := q.begin(ctx); err != nil {
+		return nil, err
+	}
+	if rq.Subject != "" {
+		if err := checkName(rq.Subject, ErrInvalidSubject); err != nil {
+			return nil, fmt.Errorf("quota: records: %w", err)
+		}
+	}
+	if rq.Action != "" {
+		if err := checkName(rq.Action, ErrInvalidAction); err != nil {
+			return nil, fmt.Errorf("quota: records: %w", err)
+		}
+	}
+	if rq.Limit < 0 || rq.AfterID < 0 {
+		return nil, fmt.Errorf("quota: records: negative limit or cursor")
+	}
+	recs, err := q.store.Records(ctx, rq)
+	if err != nil {
+		return nil, fmt.Errorf("quota: records: %w", err)
+	}
+	return recs, nil
+}
+
+// HistoryQuery selects a subject's records, newest first, a page at a
+// time.
+type HistoryQuery struct {
+	// Subject is whose records. Required.
+	Subject string
+	// Action selects one action; "" selects every action.
+	Action string
+	// From and To bound the records' Time: From <= Time < To. Zero
+	// means unbounded.
+	From, To time.Time
+	// Limit is the page size, from 1 to MaxHistoryPage. Default 100.
+	Limit int
+	// Cursor continues after the page that returned it as Next; "" asks
+	// for the first (newest) page.
+	Cursor string
+}
+
+// Page is one page of History.
+type Page struct {
+	Records []Record `json:"records"`
+	// Next is the cursor of the following (older) page; "" on the last
+	// page.
+	Next string `json:"next,omitempty"`
+}
+
+// History returns a subject's records, newest first, a page at a time.
+// Pages are cut by record ID, so that walking them while uses go on
+// returns every record that existed when the walk began exactly once:
+// new records come before the first page, never between pages.
+func (q *Quota) History(ctx context.Context, hq HistoryQuery) (Page, error) {
+	if err := q.begin(ctx); err != nil {
+		return Page{}, err
+	}
+	if err := checkName(hq.Subject, ErrInvalidSubject); err != nil {
+		return Page{}, fmt.Errorf("quota: history: %w", err)
+	}
+	if err := q.checkFilter("", hq.Action); err != nil {
+		return Page{}, fmt.Errorf("quota: history: %w", err)
+	}
+	if hq.Limit == 0 {
+		hq.Limit = 100
+	}
+	if hq.Limit < 0 || hq.Limit > MaxHistoryPage {
+		return Page{}, fmt.Errorf("quota: history: limit %d: want 1 to %d", hq.Limit, MaxHistoryPage)
+	}
+	var before int64
+	if hq.Cursor != "" {
+		var err error
+		if before, err = parseCursor(hq.Cursor); err != nil {
+			return Page{}, fmt.Errorf("quota: history: %w", err)
+		}
+	}
+	// One more than the page tells whether another page follows.
+	recs, err := q.store.Records(ctx, RecordQuery{
+		Subject:    hq.Subject,
+		Action:     hq.Action,
+		From:       hq.From,
+		To:         hq.To,
+		BeforeID:   before,
+		Descending: true,
+		Limit:      hq.Limit + 1,
+	})
+	if err != nil {
+		return Page{}, fmt.Errorf("quota: history %q: %w", hq.Subject, err)
+	}
+	var p Page
+	if len(recs) > hq.Limit {
+		recs = recs[:hq.Limit]
+		p.Next = formatCursor(recs[len(recs)-1].ID)
+	}
+	p.Records = recs
+	return p, nil
+}
+
+const cursorPrefix = "r1."
+
+func formatCursor(id int64) string { return cursorPrefix + strconv.FormatInt(id, 36) }
+
+func parseCursor(c string) (int64, error) {
+	rest, ok := strings.CutPrefix(c, cursorPrefix)
+	if !ok {
+		return 0, fmt.Errorf("%w: %q", ErrInvalidCursor, c)
+	}
+	id, err := strconv.ParseInt(rest, 36, 64)
+	if err != nil || id <= 0 {
+		return 0, fmt.Errorf("%w: %q", ErrInvalidCursor, c)
+	}
+	return id, nil
+}

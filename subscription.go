@@ -1,0 +1,289 @@
+package quota
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync/atomic"
+	"time"
+)
+
+// Subscription binds a subject to a plan.
+type Subscription struct {
+	// Subject is who is subscribed. Required.
+	Subject string `json:"subject"`
+	// Plan names a plan of the catalog. Required.
+	Plan string `json:"plan"`
+	// Anchor is the billing anchor: monthly and yearly windows begin on
+	// its day of month (clamped to short months) at midnight in
+	// TimeZone. Default: the anchor of the subject's current
+	// subscription, so that a plan change keeps the billing month; for a
+	// new subject, the time of Subscribe.
+	Anchor time.Time `json:"anchor"`
+	// TimeZone is the IANA name of the zone in which the subject's days,
+	// weeks and months begin. Default "UTC".
+	TimeZone string `json:"time_zone,omitempty"`
+	// Overrides replaces the plan's limits of an action for this subject
+	// alone.
+	Overrides map[string][]Limit `json:"overrides,omitempty"`
+	// NextPlan, when set, replaces Plan from NextPlanAt on: a change
+	// scheduled by SchedulePlan.
+	NextPlan   string    `json:"next_plan,omitempty"`
+	NextPlanAt time.Time `json:"next_plan_at,omitzero"`
+}
+
+func (q *Quota) location(name string) (*time.Location, error) {
+	if name == "" || name == "UTC" {
+		return time.UTC, nil
+	}
+	if l, ok := q.locs.Load(name); ok {
+		return l.(*time.Location), nil
+	}
+	if err := checkName(name, ErrInvalidSubscription); err != nil {
+		return nil, err
+	}
+	l, err := time.LoadLocation(name)
+	if err != nil {
+		return nil, fmt.Errorf("%w: time zone %q: %v", ErrInvalidSubscription, name, err)
+	}
+	q.locs.Store(name, l)
+	return l, nil
+}
+
+// Subscribe creates or replaces the subscription of s.Subject. It takes
+// effect at once, and clears any scheduled plan change: an upgrade counts
+// the usage already recorded in the current windows against the new
+// limits. To downgrade at the end of the paid period instead, use
+// SchedulePlan.
+func (q *Quota) Subscribe(ctx context.Context, s Subscription) error {
+	if err := q.begin(ctx); err != nil {
+		return err
+	}
+	if err := checkName(s.Subject, ErrInvalidSubject); err != nil {
+		return fmt.Errorf("quota: subscribe: %w", err)
+	}
+	if q.plans[s.Plan] == nil {
+		return fmt.Errorf("quota: subscribe %q: plan %q: %w", s.Subject, s.Plan, ErrUnknownPlan)
+	}
+	if _, err := q.location(s.TimeZone); err != nil {
+		return fmt.Errorf("quota: subscribe %q: %w", s.Subject, err)
+	}
+	if s.Anchor.IsZero() {
+		// Keep the billing anchor of a plan change; start a new
+		// subscription now.
+		old, err := q.store.GetSubscription(ctx, s.Subject)
+		switch {
+		case err == nil:
+			s.Anchor = old.Anchor
+		case errors.Is(err, ErrNoSubscription):
+			s.Anchor = q.now()
+		default:
+			return fmt.Errorf("quota: subscribe %q: %w", s.Subject, err)
+		}
+	}
+	s.Anchor = s.Anchor.UTC()
+	if len(s.Overrides) > 0 {
+		ov := make(map[string][]Limit, len(s.Overrides))
+		for a, ls := range s.Overrides {
+			if !q.actions[a] {
+				return fmt.Errorf("quota: subscribe %q: override of %q: %w", s.Subject, a, ErrUnknownAction)
+			}
+			cp, perr := validateLimits(a, ls)
+			if perr != nil {
+				return fmt.Errorf("quota: subscribe %q: override: %w: %w", s.Subject, ErrInvalidSubscription, perr)
+			}
+			ov[a] = cp
+		}
+		s.Overrides = ov
+	} else {
+		s.Overrides = nil
+	}
+	s.NextPlan, s.NextPlanAt = "", time.Time{}
+	if err := q.store.PutSubscription(ctx, s); err != nil {
+		return fmt.Errorf("quota: subscribe %q: %w", s.Subject, err)
+	}
+	return nil
+}
+
+// SchedulePlan schedules subject's change to plan at the start of its next
+// billing month, so that a downgrade keeps the allowance paid for until
+// then. It returns when the change takes effect. A later Subscribe
+// replaces the schedule.
+func (q *Quota) SchedulePlan(ctx context.Context, subject, plan string) (time.Time, error) {
+	if err := q.begin(ctx); err != nil {
+		return time.Time{}, err
+	}
+	if err := checkName(subject, ErrInvalidSubject); err != nil {
+		return time.Time{}, fmt.Errorf("quota: schedule plan: %w", err)
+	}
+	if q.plans[plan] == nil {
+		return time.Time{}, fmt.Errorf("quota: schedule plan %q for %q: %w", plan, subject, ErrUnknownPlan)
+	}
+	s, err := q.store.GetSubscription(ctx, subject)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("quota: schedule plan for %q: %w", subject, err)
+	}
+	loc, err := q.location(s.TimeZone)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("quota: schedule plan for %q: %w", subject, err)
+	}
+	now := q.now()
+	if s.NextPlan != "" && !now.Before(s.NextPlanAt) {
+		s.Plan = s.NextPlan // an earlier change already took effect
+	}
+	_, at := window(PeriodMonth, now, s.Anchor, loc)
+	s.NextPlan, s.NextPlanAt = plan, at
+	if err := q.store.PutSubscription(ctx, s); err != nil {
+		return time.Time{}, fmt.Errorf("quota: schedule plan for %q: %w", subject, err)
+	}
+	return at, nil
+}
+
+// Subscription returns the subscription of subject as stored, or an error
+// matching ErrNoSubscription.
+func (q *Quota) Subscription(ctx context.Context, subject string) (Subscription, error) {
+	if err := q.begin(ctx); err != nil {
+		return Subscription{}, err
+	}
+	if err := checkName(subject, ErrInvalidSubject); err != nil {
+		return Subscription{}, fmt.Errorf("quota: subscription: %w", err)
+	}
+	s, err := q.store.GetSubscription(ctx, subject)
+	if err != nil {
+		return Subscription{}, fmt.Errorf("quota: subscription %q: %w", subject, err)
+	}
+	return s, nil
+}
+
+// subscriber is a subscription resolved at one instant.
+type subscriber struct {
+	sub     Subscription
+	plan    *Plan
+	loc     *time.Location
+	windows *windowCache
+	q       *Quota
+}
+
+// windowCache remembers recent windows, since computing one takes several
+// calendar conversions and most uses fall in a window computed before. It
+// is a direct-mapped table of immutable entries, safe for concurrent use.
+type windowCache struct {
+	slots [256]atomic.Pointer[cachedWindow]
+}
+
+type cachedWindow struct {
+	period     Period
+	anchor     int64 // Unix nanoseconds; 0 for periods that ignore it
+	loc        *time.Location
+	start, end time.Time
+}
+
+func (c *windowCache) window(p Period, t, anchor time.Time, loc *time.Location) (start, end time.Time) {
+	if p == PeriodNone {
+		return time.Time{}, time.Time{}
+	}
+	var a int64
+	if p >= PeriodMonth {
+		a = anchor.UnixNano()
+	}
+	h := uint64(a)*0x9E3779B97F4A7C15 ^ uint64(p)*0xC2B2AE3D27D4EB4F
+	slot := &c.slots[h>>56]
+	if w := slot.Load(); w != nil && w.period == p && w.anchor == a && w.loc == loc && !t.Before(w.start) && t.Before(w.end) {
+		return w.start, w.end
+	}
+	start, end = window(p, t, anchor, loc)
+	slot.Store(&cachedWindow{period: p, anchor: a, loc: loc, start: start, end: end})
+	return start, end
+}
+
+func (q *Quota) resolve(ctx context.Context, subject string, now time.Time) (subscriber, error) {
+	s, err := q.store.GetSubscription(ctx, subject)
+	if errors.Is(err, ErrNoSubscription) && q.def != "" {
+		s, err = Subscription{Subject: subject, Plan: q.def, Anchor: time.Unix(0, 0).UTC()}, nil
+	}
+	if err != nil {
+		return subscriber{}, err
+	}
+	name := s.Plan
+	if s.NextPlan != "" && !now.Before(s.NextPlanAt) {
+		name = s.NextPlan
+	}
+	p := q.plans[name]
+	if p == nil {
+		// The catalog no longer defines the stored plan.
+		return subscriber{}, fmt.Errorf("plan %q of %q: %w", name, subject, ErrUnknownPlan)
+	}
+	loc, err := q.location(s.TimeZone)
+	if err != nil {
+		return subscriber{}, err
+	}
+	return subscriber{sub: s, plan: p, loc: loc, windows: &q.windows, q: q}, nil
+}
+
+// blocked stands for an action that the catalog knows and a plan omits.
+var blocked = []Limit{Total(0)}
+
+func (s *subscriber) limits(action string) []Limit {
+	if ls, ok := s.sub.Overrides[action]; ok {
+		return ls
+	}
+	if ls, ok := s.plan.Limits[action]; ok {
+		return ls
+	}
+	return blocked
+}
+
+// actions returns the actions of the plan and the overrides, in order.
+func (s *subscriber) actions() []string {
+	actions := s.plan.Actions()
+	for a := range s.sub.Overrides {
+		if _, ok := s.plan.Limits[a]; !ok {
+			actions = append(actions, a)
+		}
+	}
+	sort.Strings(actions)
+	return actions
+}
+
+func (s *subscriber) counters(action string, limits []Limit, now time.Time) []CounterOp {
+	return s.appendCounters(make([]CounterOp, 0, len(limits)), action, limits, now)
+}
+
+// appendCounters appends to dst the counters that limits charge at now.
+// Limits are sorted by period, so the counters come out sorted by
+// CounterKey.Less.
+func (s *subscriber) appendCounters(dst []CounterOp, action string, limits []Limit, now time.Time) []CounterOp {
+	for _, l := range limits {
+		start, end := s.windows.window(l.Period, now, s.sub.Anchor, s.loc)
+		dst = append(dst, CounterOp{
+			CounterKey: CounterKey{Subject: s.sub.Subject, Action: action, Period: l.Period, Start: start},
+			End:        end,
+			Max:        l.Max,
+		})
+	}
+	if s.q.notifier != nil {
+		for i := len(dst) - len(limits); i < len(dst); i++ {
+			dst[i].Marks = s.q.marks(dst[i].Max)
+		}
+	}
+	return dst
+}
+
+// HasFeature reports whether the plan in force for subject grants feature.
+func (q *Quota) HasFeature(ctx context.Context, subject, feature string) (bool, error) {
+	if err := q.begin(ctx); err != nil {
+		return false, err
+	}
+	if err := checkName(subject, ErrInvalidSubject); err != nil {
+		return false, fmt.Errorf("quota: has feature: %w", err)
+	}
+	if err := checkName(feature, ErrInvalidName); err != nil {
+		return false, fmt.Errorf("quota: has feature: feature: %w", err)
+	}
+	s, err := q.resolve(ctx, subject, q.now())
+	if err != nil {
+		return false, fmt.Errorf("quota: has feature %q: %w", subject, err)
+	}
+	return s.plan.HasFeature(feature), nil
+}
