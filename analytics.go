@@ -1,10 +1,13 @@
 package quota
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -118,7 +121,7 @@ func (q *Quota) Series(ctx context.Context, sq SeriesQuery) ([]Point, error) {
 	if err != nil {
 		return nil, fmt.Errorf("quota: series: %w", err)
 	}
-	sums, err := q.store.Sums(ctx, SumQuery{Subject: sq.Subject, Action: sq.Action, Bounds: bounds, ByAction: sq.ByAction})
+	sums, err := q.sums(ctx, SumQuery{Subject: sq.Subject, Action: sq.Action, Bounds: bounds, ByAction: sq.ByAction})
 	if err != nil {
 		return nil, fmt.Errorf("quota: series: %w", err)
 	}
@@ -202,13 +205,8 @@ func seriesBounds(step Period, from, to time.Time, loc *time.Location) ([]time.T
 type TopQuery struct {
 	// Action is the action ranked. Required.
 	Action string
-	// From and To bound the range [From, To). To is required; so is
-	// From, unless Last is set.
+	// From and To bound the range [From, To). Required.
 	From, To time.Time
-	// Last, with a zero From, selects the Last whole buckets of Step
-	// that end with the one holding To: "the last 7 days, today
-	// included". At most MaxSeriesBuckets.
-	Last int
 	// Limit is how many subjects to return, from 1 to 1000. Default 10.
 	Limit int
 }
@@ -240,7 +238,7 @@ func (q *Quota) TopSubjects(ctx context.Context, tq TopQuery) ([]SubjectTotal, e
 		return nil, fmt.Errorf("quota: top subjects: limit %d: want 1 to 1000", tq.Limit)
 	}
 	tq.From, tq.To = tq.From.UTC(), tq.To.UTC()
-	top, err := q.store.Top(ctx, tq)
+	top, err := q.top(ctx, tq)
 	if err != nil {
 		return nil, fmt.Errorf("quota: top subjects %q: %w", tq.Action, err)
 	}
@@ -261,67 +259,98 @@ func (q *Quota) checkFilter(subject, action string) error {
 	return nil
 }
 
-// SumQuery asks a store to add up records per bucket.
-type SumQuery struct {
-	// Subject and Action select records; "" selects any.
-	Subject, Action string
-	// Bounds are ascending instants in UTC, at least two: bucket i is
-	// [Bounds[i], Bounds[i+1]).
-	Bounds []time.Time
-	// ByAction splits each bucket by action.
-	ByAction bool
-}
+// recordBatch is how many records at a time the Quota reads to sum or rank
+// for a store that is not a Summer or a Ranker.
+const recordBatch = 4096
 
-// Sum is the total of one bucket (and action) of a SumQuery.
-type Sum struct {
-	Bucket int
-	Action string // "" unless ByAction
-	Amount int64
-	Count  int64
-}
-
-// MaxHistoryPage is the largest page History returns.
-const MaxHistoryPage = 1000
-
-// RollupStep is the granularity of the rollups that Prune folds records
-// into: a quarter of an hour, so that the days, weeks and months of every
-// time zone in use (whose offsets are whole quarters of an hour) still add
-// up exactly.
-const RollupStep = 15 * time.Minute
-
-// DefaultPruneBatch is the batch size of Prune when batch is 0.
-const DefaultPruneBatch = 1000
-
-// Prune deletes the ledger records whose Time is before the cutoff, batch
-// records per store call, folding each into a rollup per subject, action
-// and quarter hour (RollupStep) in the same atomic step. Counters (the
-// per-period summaries) are untouched, and Series and TopSubjects answer
-// from rollups where records are gone, exactly for buckets that begin on
-// quarter hours. Records, History and idempotency replays no longer see
-// the pruned records. Prune returns how many records it deleted, also
-// when ctx ends it early.
-func (q *Quota) Prune(ctx context.Context, before time.Time, batch int) (int64, error) {
-	if err := q.begin(ctx); err != nil {
-		return 0, err
-	}
-	if before.IsZero() {
-		return 0, fmt.Errorf("quota: prune: zero cutoff")
-	}
-	if batch == 0 {
-		batch = DefaultPruneBatch
-	}
-	if batch < 0 {
-		return 0, fmt.Errorf("quota: prune: batch %d: want at least 1", batch)
-	}
-	var total int64
+// eachRecord calls f for every record rq selects, reading them in batches.
+func (q *Quota) eachRecord(ctx context.Context, rq RecordQuery, f func(*Record)) error {
+	rq.Limit = recordBatch
 	for {
-		n, err := q.store.Prune(ctx, before.UTC(), batch)
-		total += n
+		recs, err := q.store.Records(ctx, rq)
 		if err != nil {
-			return total, fmt.Errorf("quota: prune: %w", err)
+			return err
 		}
-		if n < int64(batch) {
-			return total, nil
+		for i := range recs {
+			f(&recs[i])
 		}
+		if len(recs) < recordBatch {
+			return nil
+		}
+		rq.AfterID = recs[len(recs)-1].ID
 	}
+}
+
+// sums is Summer.Sums, by the store when it is a Summer, else from its
+// records.
+func (q *Quota) sums(ctx context.Context, sq SumQuery) ([]Sum, error) {
+	if s, ok := q.store.(Summer); ok {
+		return s.Sums(ctx, sq)
+	}
+	type cell struct {
+		bucket int
+		action string
+	}
+	got := map[cell]*Sum{}
+	b := sq.Bounds
+	err := q.eachRecord(ctx, RecordQuery{Subject: sq.Subject, Action: sq.Action, From: b[0], To: b[len(b)-1]}, func(r *Record) {
+		i := sort.Search(len(b), func(i int) bool { return b[i].After(r.Time) }) - 1
+		c := cell{bucket: i}
+		if sq.ByAction {
+			c.action = r.Action
+		}
+		s := got[c]
+		if s == nil {
+			s = &Sum{Bucket: c.bucket, Action: c.action}
+			got[c] = s
+		}
+		s.Amount += r.Amount
+		s.Count++
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Sum, 0, len(got))
+	for _, s := range got {
+		out = append(out, *s)
+	}
+	slices.SortFunc(out, func(a, b Sum) int {
+		if a.Bucket != b.Bucket {
+			return a.Bucket - b.Bucket
+		}
+		return strings.Compare(a.Action, b.Action)
+	})
+	return out, nil
+}
+
+// top is Ranker.Top, by the store when it is a Ranker, else from its
+// records.
+func (q *Quota) top(ctx context.Context, tq TopQuery) ([]SubjectTotal, error) {
+	if r, ok := q.store.(Ranker); ok {
+		return r.Top(ctx, tq)
+	}
+	got := map[string]*SubjectTotal{}
+	err := q.eachRecord(ctx, RecordQuery{Action: tq.Action, From: tq.From, To: tq.To}, func(r *Record) {
+		t := got[r.Subject]
+		if t == nil {
+			t = &SubjectTotal{Subject: r.Subject}
+			got[r.Subject] = t
+		}
+		t.Amount += r.Amount
+		t.Count++
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]SubjectTotal, 0, len(got))
+	for _, t := range got {
+		out = append(out, *t)
+	}
+	slices.SortFunc(out, func(a, b SubjectTotal) int {
+		if a.Amount != b.Amount {
+			return cmp.Compare(b.Amount, a.Amount)
+		}
+		return strings.Compare(a.Subject, b.Subject)
+	})
+	return out[:min(len(out), tq.Limit)], nil
 }

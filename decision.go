@@ -170,15 +170,9 @@ func (q *Quota) decide(d *Decision, p *prepared, cs []Counter, evaluate bool) {
 		if !evaluate {
 			continue
 		}
-		a := p.u.Amount
-		refused := false
-		switch {
-		case a > 0:
-			refused = !l.IsUnlimited() && st.Used > l.Max-a
-		case a < 0:
-			refused = c.Used+a < 0
-		}
-		if refused && decisive < 0 {
+		// The store's admission rule; an overflow refuses too.
+		ok, err := admits(&p.counters[i], c.Used, c.Held, p.u.Amount, true)
+		if (!ok || err != nil) && decisive < 0 {
 			decisive = i
 		}
 	}

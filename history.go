@@ -2,6 +2,7 @@ package quota
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -31,6 +32,20 @@ func (q *Quota) Records(ctx context.Context, rq RecordQuery) ([]Record, error) {
 		return nil, fmt.Errorf("quota: records: %w", err)
 	}
 	return recs, nil
+}
+
+// Record is one use in the ledger.
+type Record struct {
+	ID         int64           `json:"id"`
+	Subject    string          `json:"subject"`
+	Action     string          `json:"action"`
+	Amount     int64           `json:"amount"`
+	ResourceID string          `json:"resource_id,omitempty"`
+	Metadata   json.RawMessage `json:"metadata,omitempty"`
+	Key        string          `json:"key,omitempty"`
+	// Time is when the use was counted, in UTC: the time of Consume or
+	// Track, or of the Reserve that a Commit completed.
+	Time time.Time `json:"time"`
 }
 
 // HistoryQuery selects a subject's records, newest first, a page at a
@@ -122,3 +137,6 @@ func parseCursor(c string) (int64, error) {
 	}
 	return id, nil
 }
+
+// MaxHistoryPage is the largest page History returns.
+const MaxHistoryPage = 1000

@@ -116,11 +116,15 @@ func (n *notifier) close() {
 // the smallest used whose percentage of limit reaches each threshold, computed
 // with the same arithmetic as LimitStatus.Level so that a notification
 // and a decision never disagree.
-func (q *Quota) marks(limit int64) [3]int64 {
-	var m [3]int64
+// The slices are shared, cached per limit: stores must not change them.
+func (q *Quota) marks(limit int64) []int64 {
 	if limit <= 0 { // unlimited, or 0: nothing to warn about
-		return m
+		return nil
 	}
+	if m, ok := q.markCache.Load(limit); ok {
+		return m.([]int64)
+	}
+	m := make([]int64, 3)
 	for i, pct := range [3]float64{q.levels.Warning, q.levels.Critical, q.levels.Exceeded} {
 		used := int64(math.Ceil(pct * float64(limit) / 100))
 		for used > 1 && float64(used-1)*100/float64(limit) >= pct {
@@ -131,6 +135,7 @@ func (q *Quota) marks(limit int64) [3]int64 {
 		}
 		m[i] = max(used, 1)
 	}
+	q.markCache.Store(limit, m)
 	return m
 }
 
@@ -141,7 +146,7 @@ func (q *Quota) notify(p *prepared, res *ApplyResult) {
 	}
 	ns := make([]Notification, 0, len(res.Crossed))
 	for _, c := range res.Crossed {
-		if c.Counter < 0 || c.Counter >= len(res.Counters) {
+		if c.Counter < 0 || c.Counter >= len(res.Counters) || c.Mark < 0 || c.Mark > 2 {
 			continue
 		}
 		ctr := res.Counters[c.Counter]
@@ -149,7 +154,7 @@ func (q *Quota) notify(p *prepared, res *ApplyResult) {
 			Subject:     ctr.Subject,
 			Action:      ctr.Action,
 			Plan:        p.sub.plan.Name,
-			Level:       c.Level,
+			Level:       Level(c.Mark + 1),
 			Used:        ctr.Used + ctr.Held,
 			Limit:       p.counters[c.Counter].Max,
 			Period:      ctr.Period,

@@ -118,6 +118,8 @@ type Quota struct {
 	levels  Thresholds
 	locs    sync.Map // time zone name -> *time.Location
 	windows windowCache
+	// markCache holds the CounterOp.Marks of each limit (see marks).
+	markCache sync.Map
 
 	notifier  *notifier // nil without Config.Notify
 	closeOnce sync.Once

@@ -2,7 +2,8 @@ package quota
 
 import (
 	"context"
-	"encoding/json"
+	"fmt"
+	"math"
 	"time"
 )
 
@@ -15,8 +16,16 @@ import (
 // cancelled or the process dies. Every method after Close returns an error
 // matching ErrClosed; Close itself may be called more than once.
 //
+// A Store may also implement Summer, Ranker and Pruner, which the Quota
+// uses when present: analytics computed by the store (in SQL, on its
+// indexes) rather than by the Quota from Records, and retention.
+//
 // The package quotatest holds a conformance suite that every Store must
 // pass.
+//
+// Store and the types of its methods (Op, CounterOp, CounterKey, Counter,
+// Crossing, Hold, ApplyResult, RecordQuery, SumQuery, Sum) are for store
+// authors; an application only passes a Store to New.
 type Store interface {
 	// Apply performs op in one atomic step (see Op) and reports what
 	// happened. A refusal (a counter would pass its Max or drop below
@@ -53,23 +62,6 @@ type Store interface {
 	// Records returns the records q selects, in ascending ID order, or
 	// descending with q.Descending.
 	Records(ctx context.Context, q RecordQuery) ([]Record, error)
-
-	// Sums adds up the records q selects, and the rollups of pruned
-	// records, per bucket (and per action with q.ByAction): a rollup
-	// counts in the bucket that holds its start. Buckets without usage
-	// are left out; sums come ordered by bucket, then action.
-	Sums(ctx context.Context, q SumQuery) ([]Sum, error)
-
-	// Top returns the q.Limit subjects with the largest total amount of
-	// q.Action in [q.From, q.To), records and rollups alike, largest
-	// first, ties by subject.
-	Top(ctx context.Context, q TopQuery) ([]SubjectTotal, error)
-
-	// Prune deletes up to limit records whose Time is before the
-	// cutoff, and adds each to the rollup of its subject, action and
-	// quarter hour (RollupStep, from the Unix epoch), in one atomic step.
-	// It returns how many it deleted.
-	Prune(ctx context.Context, before time.Time, limit int) (int64, error)
 
 	// Close releases what the store opened. It never closes a database
 	// handle the caller passed in.
@@ -115,8 +107,9 @@ type Counter struct {
 	// Held is the sum of the amounts of the unexpired holds charged to
 	// this counter.
 	Held int64
-	// Limit is the Max in force at the last write, Unlimited included.
-	Limit int64
+	// Max is the CounterOp.Max in force at the last write, Unlimited
+	// included; 0 for a counter never written.
+	Max int64
 }
 
 // CounterOp is one counter an Op charges.
@@ -124,16 +117,20 @@ type CounterOp struct {
 	CounterKey
 	End time.Time // see Counter.End
 	Max int64     // the bound; Unlimited for none
-	// Marks are the amounts of Used + Held at which LevelWarning,
-	// LevelCritical and LevelExceeded begin, for threshold
-	// notifications; 0 where none is wanted.
-	Marks [3]int64
+	// Marks are amounts of Used + Held, ascending, at most MaxMarks of
+	// them; 0 stands for a mark not wanted. Apply reports the first use
+	// that reaches each one in the counter's window (Op, step 4). The
+	// Quota uses them for threshold notifications.
+	Marks []int64
 }
 
-// Crossing is a level that a use reached first in its counter's window.
+// MaxMarks is the largest number of CounterOp.Marks.
+const MaxMarks = 15
+
+// Crossing is a mark that a use reached first in its counter's window.
 type Crossing struct {
-	Counter int   // index in Op.Counters
-	Level   Level // LevelWarning, LevelCritical or LevelExceeded
+	Counter int // index in Op.Counters
+	Mark    int // index in that CounterOp's Marks
 }
 
 // Op is one use, as the Quota hands it to Store.Apply. Apply performs,
@@ -146,23 +143,24 @@ type Crossing struct {
 //     its windows; its RecordID, or its HoldID and HoldExpiresAt) with
 //     Replayed set. Nothing is written. A refused use does not claim
 //     its key.
-//  2. For every counter, with a = Record.Amount, used = Used and
-//     cur = Used + Held (unexpired holds at Now): the use is refused if
-//     Enforce is set, a > 0, Max is not Unlimited and cur + a > Max; it is
-//     refused if a < 0 and used + a < 0 (never below zero, enforced or
-//     not). cur + a overflowing int64 is an error matching ErrOverflow.
-//     A refusal writes nothing and returns Applied false with the
-//     counters as they are.
+//  2. The admission rule, which Admit implements: for every counter,
+//     with a = Record.Amount, used = Used and cur = Used + Held
+//     (unexpired holds at Now): the use is refused if Enforce is set,
+//     a > 0, Max is not Unlimited and cur + a > Max; it is refused if
+//     a < 0 and used + a < 0 (never below zero, enforced or not).
+//     cur + a overflowing int64 is an error matching ErrOverflow. A
+//     refusal writes nothing and returns Applied false with the counters
+//     as they are.
 //  3. Otherwise, with Hold nil: a is added to Used of every counter (and
 //     Limit set to Max), the record is appended with a new ID, and the key
 //     (if any) is remembered with the outcome. With Hold set: a hold of a
 //     on every counter is created instead, to count until Hold.ExpiresAt
 //     or until Commit or Cancel; no record is written until Commit.
-//  4. In the same atomic step as 3, for every counter and every level l
-//     with Marks[l-1] > 0 and Marks[l-1] <= Used + Held after the use,
-//     the level is marked on the counter if it was not marked before,
-//     and reported in ApplyResult.Crossed. A level is marked at most once
-//     per counter, whatever the number of processes sharing the store.
+//  4. In the same atomic step as 3, for every counter and every index m
+//     with Marks[m] > 0 and Marks[m] <= Used + Held after the use, the
+//     mark m is set on the counter if it was not set before, and
+//     reported in ApplyResult.Crossed. A mark is set at most once per
+//     counter, whatever the number of processes sharing the store.
 //
 // Counters are sorted by CounterKey.Less and distinct.
 type Op struct {
@@ -204,23 +202,9 @@ type ApplyResult struct {
 	HoldID string
 	// HoldExpiresAt is when that hold expires.
 	HoldExpiresAt time.Time
-	// Crossed lists the levels this use marked first (step 4), ordered
-	// by counter and level. Empty when replayed or refused.
+	// Crossed lists the marks this use reached first (step 4), ordered
+	// by counter and mark. Empty when replayed or refused.
 	Crossed []Crossing
-}
-
-// Record is one use in the ledger.
-type Record struct {
-	ID         int64           `json:"id"`
-	Subject    string          `json:"subject"`
-	Action     string          `json:"action"`
-	Amount     int64           `json:"amount"`
-	ResourceID string          `json:"resource_id,omitempty"`
-	Metadata   json.RawMessage `json:"metadata,omitempty"`
-	Key        string          `json:"key,omitempty"`
-	// Time is when the use was counted, in UTC: the time of Consume or
-	// Track, or of the Reserve that a Commit completed.
-	Time time.Time `json:"time"`
 }
 
 // RecordQuery selects records. Zero fields select everything.
@@ -239,4 +223,85 @@ type RecordQuery struct {
 	Descending bool
 	// Limit caps the number of records returned; 0 means no cap.
 	Limit int
+}
+
+// Admit applies the admission rule of Op (step 2 of its documentation) to
+// cs, the counters of op.Counters as they stand before the use: Used and
+// Held, unexpired holds only. It returns refused when a counter refuses the
+// use, and an error matching ErrOverflow when one cannot take the amount.
+// Stores written in Go call it, so that the rule has one implementation.
+func Admit(op *Op, cs []Counter) (refused bool, err error) {
+	a := op.Record.Amount
+	for i := range cs {
+		r, err := admits(&op.Counters[i], cs[i].Used, cs[i].Held, a, op.Enforce)
+		if err != nil {
+			return false, err
+		}
+		refused = refused || !r
+	}
+	return refused, nil
+}
+
+// admits reports whether the counter co, with used and held, takes amount
+// a; an error matching ErrOverflow when used + held + a passes MaxInt64.
+func admits(co *CounterOp, used, held, a int64, enforce bool) (bool, error) {
+	cur := used + held // <= MaxInt64: every use checked it
+	switch {
+	case a > 0 && cur > math.MaxInt64-a:
+		return false, fmt.Errorf("%w: %s of %q", ErrOverflow, co.Action, co.Subject)
+	case a > 0 && enforce && co.Max != Unlimited && cur+a > co.Max:
+		return false, nil
+	case a < 0 && used+a < 0:
+		return false, nil
+	}
+	return true, nil
+}
+
+// Summer is a Store that sums records itself (in SQL, say). Without it,
+// the Quota sums what Store.Records returns.
+type Summer interface {
+	// Sums adds up the records q selects, and the rollups of pruned
+	// records, per bucket (and per action with q.ByAction): a rollup
+	// counts in the bucket that holds its start. Buckets without usage
+	// are left out; sums come ordered by bucket, then action.
+	Sums(ctx context.Context, q SumQuery) ([]Sum, error)
+}
+
+// Ranker is a Store that ranks subjects itself. Without it, the Quota
+// ranks what Store.Records returns.
+type Ranker interface {
+	// Top returns the q.Limit subjects with the largest total amount of
+	// q.Action in [q.From, q.To), records and rollups alike, largest
+	// first, ties by subject.
+	Top(ctx context.Context, q TopQuery) ([]SubjectTotal, error)
+}
+
+// Pruner is a Store that can fold old records into rollups. Without it,
+// Quota.Prune returns an error matching errors.ErrUnsupported. A Pruner
+// must also be a Summer and a Ranker, so that analytics count the rollups.
+type Pruner interface {
+	// Prune deletes up to limit records whose Time is before the
+	// cutoff, and adds each to the rollup of its subject, action and
+	// quarter hour (RollupStep, from the Unix epoch), in one atomic step.
+	// It returns how many it deleted.
+	Prune(ctx context.Context, before time.Time, limit int) (int64, error)
+}
+
+// SumQuery asks a store to add up records per bucket.
+type SumQuery struct {
+	// Subject and Action select records; "" selects any.
+	Subject, Action string
+	// Bounds are ascending instants in UTC, at least two: bucket i is
+	// [Bounds[i], Bounds[i+1]).
+	Bounds []time.Time
+	// ByAction splits each bucket by action.
+	ByAction bool
+}
+
+// Sum is the total of one bucket (and action) of a SumQuery.
+type Sum struct {
+	Bucket int
+	Action string // "" unless ByAction
+	Amount int64
+	Count  int64
 }

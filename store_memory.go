@@ -3,13 +3,17 @@ package quota
 import (
 	"context"
 	"fmt"
-	"math"
 	"sort"
 	"sync"
 	"time"
 )
 
-var _ Store = (*MemoryStore)(nil)
+var (
+	_ Store  = (*MemoryStore)(nil)
+	_ Summer = (*MemoryStore)(nil)
+	_ Ranker = (*MemoryStore)(nil)
+	_ Pruner = (*MemoryStore)(nil)
+)
 
 // MemoryStore is a Store that keeps everything in memory, for tests and
 // single-process apps that can lose their usage on restart. The zero value
@@ -28,7 +32,7 @@ type MemoryStore struct {
 
 type memCounter struct {
 	subject, action uint32 // interned in the ledger
-	marked          uint8  // bit l-1 set: level l was marked
+	marked          uint16 // bit m set: mark m was reached
 	end             time.Time
 	used            int64
 	limit           int64
@@ -119,7 +123,6 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 	var csBuf [4]*memCounter
 	cs := csBuf[:0]
 	out := make([]Counter, len(op.Counters))
-	refused := false
 	for i, co := range op.Counters {
 		c := s.counters[co.CounterKey]
 		var used, held int64
@@ -129,18 +132,12 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 		cs = append(cs, c)
 		out[i] = Counter{CounterKey: co.CounterKey, End: co.End, Used: used, Held: held}
 		if c != nil {
-			out[i].Limit = c.limit
+			out[i].Max = c.limit
 		}
-		cur := used + held
-		if a > 0 && cur > math.MaxInt64-a {
-			return ApplyResult{}, fmt.Errorf("%w: %s of %q", ErrOverflow, co.Action, co.Subject)
-		}
-		switch {
-		case a > 0 && op.Enforce && co.Max != Unlimited && cur+a > co.Max:
-			refused = true
-		case a < 0 && used+a < 0:
-			refused = true
-		}
+	}
+	refused, err := Admit(op, out)
+	if err != nil {
+		return ApplyResult{}, err
 	}
 	if refused {
 		return ApplyResult{Counters: out}, nil
@@ -162,7 +159,7 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 			cs[i] = c
 		}
 		c.limit = co.Max
-		out[i].Limit = co.Max
+		out[i].Max = co.Max
 		if h != nil {
 			if c.holds == nil {
 				c.holds = make(map[string]*memHold)
@@ -184,9 +181,9 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 	for i, co := range op.Counters {
 		cur := out[i].Used + out[i].Held
 		for l, m := range co.Marks {
-			if bit := uint8(1) << l; m > 0 && m <= cur && cs[i].marked&bit == 0 {
+			if bit := uint16(1) << l; l < MaxMarks && m > 0 && m <= cur && cs[i].marked&bit == 0 {
 				cs[i].marked |= bit
-				res.Crossed = append(res.Crossed, Crossing{Counter: i, Level: Level(l + 1)})
+				res.Crossed = append(res.Crossed, Crossing{Counter: i, Mark: l})
 			}
 		}
 	}
@@ -261,7 +258,7 @@ func (s *MemoryStore) Counters(ctx context.Context, keys []CounterKey, now time.
 	for i, k := range keys {
 		out[i].CounterKey = k
 		if c := s.counters[k]; c != nil {
-			out[i].End, out[i].Used, out[i].Limit = c.end, c.used, c.limit
+			out[i].End, out[i].Used, out[i].Max = c.end, c.used, c.limit
 			out[i].Held = c.held(now, s, false)
 		}
 	}

@@ -24,7 +24,12 @@ import (
 	"github.com/uptrace/bun/dialect"
 )
 
-var _ Store = (*SQLStore)(nil)
+var (
+	_ Store  = (*SQLStore)(nil)
+	_ Summer = (*SQLStore)(nil)
+	_ Ranker = (*SQLStore)(nil)
+	_ Pruner = (*SQLStore)(nil)
+)
 
 // sqlMigrations holds the schema migrations, one directory per dialect,
 // files named NNNN_name.sql and applied in that order.
@@ -503,7 +508,7 @@ type sqlOutcome struct {
 func encodeOutcome(cs []Counter) (string, error) {
 	out := make([]sqlOutcome, len(cs))
 	for i, c := range cs {
-		out[i] = sqlOutcome{Period: c.Period.String(), Start: c.Start.UnixMicro(), End: c.End.UnixMicro(), Used: c.Used, Held: c.Held, Limit: c.Limit}
+		out[i] = sqlOutcome{Period: c.Period.String(), Start: c.Start.UnixMicro(), End: c.End.UnixMicro(), Used: c.Used, Held: c.Held, Limit: c.Max}
 	}
 	b, err := json.Marshal(out)
 	return string(b), err
@@ -525,7 +530,7 @@ func decodeOutcome(subject, action, s string) ([]Counter, error) {
 			End:        fromMicros(o.End),
 			Used:       o.Used,
 			Held:       o.Held,
-			Limit:      o.Limit,
+			Max:        o.Limit,
 		}
 	}
 	return cs, nil
@@ -556,26 +561,26 @@ func (s *SQLStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 	return res, nil
 }
 
-// crossings lists the levels of bits (bit l-1 for level l, per counter),
-// ordered by counter and level.
+// crossings lists the marks of bits (bit m for mark m, per counter),
+// ordered by counter and mark.
 func crossings(bits []int64) []Crossing {
 	var out []Crossing
 	for i, b := range bits {
-		for l := range 3 {
-			if b&(1<<l) != 0 {
-				out = append(out, Crossing{Counter: i, Level: Level(l + 1)})
+		for m := range MaxMarks {
+			if b&(1<<m) != 0 {
+				out = append(out, Crossing{Counter: i, Mark: m})
 			}
 		}
 	}
 	return out
 }
 
-// reached returns the bits of the levels whose marks cur has reached.
-func reached(marks [3]int64, cur int64) int64 {
+// reached returns the bits of the marks that cur has reached.
+func reached(marks []int64, cur int64) int64 {
 	var bits int64
-	for l, m := range marks {
-		if m > 0 && m <= cur {
-			bits |= 1 << l
+	for m, v := range marks[:min(len(marks), MaxMarks)] {
+		if v > 0 && v <= cur {
+			bits |= 1 << m
 		}
 	}
 	return bits
@@ -616,10 +621,15 @@ func (s *SQLStore) applyPG(ctx context.Context, op *Op) (ApplyResult, error) {
 	starts := make([]time.Time, n)
 	ends := make([]time.Time, n)
 	maxes := make([]int64, n)
-	marks := make([]int64, 0, 3*n)
+	// The marks, as many per counter: padded with 0, which marks nothing.
+	w := 0
+	for _, c := range op.Counters {
+		w = max(w, min(len(c.Marks), MaxMarks))
+	}
+	marks := make([]int64, w*n)
 	for i, c := range op.Counters {
 		periods[i], starts[i], ends[i], maxes[i] = c.Period.String(), c.Start, c.End, c.Max
-		marks = append(marks, c.Marks[:]...)
+		copy(marks[i*w:(i+1)*w], c.Marks)
 	}
 	var holdID, holdExpires any
 	if op.Hold != nil {
@@ -667,7 +677,7 @@ func (s *SQLStore) applyPG(ctx context.Context, op *Op) (ApplyResult, error) {
 		return ApplyResult{}, fmt.Errorf("quota_apply returned %d, %d and %d counters for %d", len(u), len(h), len(l), n)
 	}
 	for i, c := range op.Counters {
-		cs[i] = Counter{CounterKey: c.CounterKey, End: c.End, Used: u[i], Held: h[i], Limit: l[i]}
+		cs[i] = Counter{CounterKey: c.CounterKey, End: c.End, Used: u[i], Held: h[i], Max: l[i]}
 	}
 	if status != "applied" {
 		return refusal(op, cs)
@@ -809,26 +819,6 @@ WHERE s.limit_max IS NOT NULL`)
 	return b.String()
 }
 
-// decide applies the rules of Op to the counters as they stand: an error
-// matching ErrOverflow when used + held + amount passes MaxInt64 on any
-// counter, else refused when one counter refuses the use.
-func decide(op *Op, cs []Counter) (refused bool, err error) {
-	a := op.Record.Amount
-	for i, c := range cs {
-		co := &op.Counters[i]
-		cur := c.Used + c.Held // <= MaxInt64: every use checked it
-		switch {
-		case a > 0 && cur > math.MaxInt64-a:
-			return false, fmt.Errorf("%w: %s of %q", ErrOverflow, co.Action, co.Subject)
-		case a > 0 && op.Enforce && co.Max != Unlimited && cur+a > co.Max:
-			refused = true
-		case a < 0 && c.Used+a < 0:
-			refused = true
-		}
-	}
-	return refused, nil
-}
-
 // sqliteCharge returns the statement that adds the last argument to used
 // and sets limit_max on n counters, creating the missing ones with used
 // from their row of values. (SQLite checks used >= 0 on the row of values
@@ -916,7 +906,7 @@ func (s *SQLStore) applySQLite(ctx context.Context, op *Op) (ApplyResult, error)
 			if cs, marks, err = s.readCountersMarks(ctx, q, keys, op.Now); err != nil {
 				return false, err
 			}
-			refused, err := decide(op, cs)
+			refused, err := Admit(op, cs)
 			if err != nil {
 				return false, err
 			}
@@ -943,24 +933,22 @@ func (s *SQLStore) applySQLite(ctx context.Context, op *Op) (ApplyResult, error)
 			}
 		}
 		for i, c := range op.Counters {
-			cs[i] = Counter{CounterKey: c.CounterKey, End: c.End, Used: cs[i].Used, Held: cs[i].Held, Limit: c.Max}
+			cs[i] = Counter{CounterKey: c.CounterKey, End: c.End, Used: cs[i].Used, Held: cs[i].Held, Max: c.Max}
 			if op.Hold != nil {
 				cs[i].Held += a
 			} else {
 				cs[i].Used += a
 			}
 		}
-		// Mark the levels reached first: this transaction holds the write
+		// Set the marks reached first: this transaction holds the write
 		// lock, so the marks read above are the latest.
 		for i, c := range op.Counters {
 			if bits := reached(c.Marks, cs[i].Used+cs[i].Held) &^ marks[i]; bits != 0 {
 				if _, err := q.ExecContext(ctx, sqliteMark, bits, c.Subject, c.Action, c.Period.String(), s.tv(c.Start)); err != nil {
 					return false, err
 				}
-				for l := range 3 {
-					if bits&(1<<l) != 0 {
-						crossed = append(crossed, Crossing{Counter: i, Level: Level(l + 1)})
-					}
+				for _, x := range crossings([]int64{bits}) {
+					crossed = append(crossed, Crossing{Counter: i, Mark: x.Mark})
 				}
 			}
 		}
@@ -1258,7 +1246,7 @@ func (s *SQLStore) readCountersMarks(ctx context.Context, q sqlQuerier, keys []C
 		if s.pg {
 			query = pgCounter
 		}
-		err := q.QueryRowContext(ctx, query, k.Subject, k.Action, k.Period.String(), s.tv(k.Start), s.tv(now)).Scan(&c.Used, &c.Limit, sqlTime{&c.End}, &c.Held, &marks[0])
+		err := q.QueryRowContext(ctx, query, k.Subject, k.Action, k.Period.String(), s.tv(k.Start), s.tv(now)).Scan(&c.Used, &c.Max, sqlTime{&c.End}, &c.Held, &marks[0])
 		if errors.Is(err, sql.ErrNoRows) {
 			err = nil
 		}
@@ -1297,13 +1285,13 @@ WHERE s.limit_max IS NOT NULL`,
 		var i int
 		var c Counter
 		var m int64
-		if err := rows.Scan(&i, &c.Used, &c.Limit, sqlTime{&c.End}, &c.Held, &m); err != nil {
+		if err := rows.Scan(&i, &c.Used, &c.Max, sqlTime{&c.End}, &c.Held, &m); err != nil {
 			return nil, nil, err
 		}
 		if i < 1 || i > len(out) {
 			return nil, nil, fmt.Errorf("counter index %d out of range", i)
 		}
-		out[i-1].End, out[i-1].Used, out[i-1].Held, out[i-1].Limit = c.End, c.Used, c.Held, c.Limit
+		out[i-1].End, out[i-1].Used, out[i-1].Held, out[i-1].Max = c.End, c.Used, c.Held, c.Max
 		marks[i-1] = m
 	}
 	return out, marks, rows.Err()

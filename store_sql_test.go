@@ -408,7 +408,7 @@ func TestSQLStoreMigrate(t *testing.T) {
 			versions = append(versions, v)
 		}
 		rows.Close()
-		want := map[string][]int{"sqlite": {1, 2}, "pg": {1, 2, 3}}[b.name]
+		want := map[string][]int{"sqlite": {1, 2}, "pg": {1, 2, 3, 4}}[b.name]
 		if diff := cmp.Diff(want, versions); diff != "" {
 			t.Errorf("quota_schema_migrations versions (-want +got):\n%s", diff)
 		}
@@ -484,7 +484,7 @@ func differential(t *testing.T, sqls quota.Store, seed uint64, steps int) {
 	crossings := 0
 	counterOps := func(subject, action string) []quota.CounterOp {
 		if action == "alloc" {
-			return []quota.CounterOp{{CounterKey: quota.CounterKey{Subject: subject, Action: action, Period: quota.PeriodNone}, Max: 15, Marks: [3]int64{12, 0, 15}}}
+			return []quota.CounterOp{{CounterKey: quota.CounterKey{Subject: subject, Action: action, Period: quota.PeriodNone}, Max: 15, Marks: []int64{12, 0, 15}}}
 		}
 		day := now.Truncate(24 * time.Hour)
 		month := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
@@ -497,9 +497,9 @@ func differential(t *testing.T, sqls quota.Store, seed uint64, steps int) {
 		}
 		return []quota.CounterOp{
 			{CounterKey: quota.CounterKey{Subject: subject, Action: action, Period: quota.PeriodDay, Start: day}, End: day.Add(24 * time.Hour), Max: dayMax,
-				Marks: [3]int64{int64(rng.IntN(4) + 4), 7, 8}},
+				Marks: []int64{int64(rng.IntN(4) + 4), 7, 8}},
 			{CounterKey: quota.CounterKey{Subject: subject, Action: action, Period: quota.PeriodMonth, Start: month}, End: month.AddDate(0, 1, 0), Max: monthMax,
-				Marks: [3]int64{16, 18, 20}},
+				Marks: []int64{16, 18, 20}},
 		}
 	}
 	allKeys := func() []quota.CounterKey {

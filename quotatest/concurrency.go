@@ -48,7 +48,7 @@ func testConsumeConcurrency(t *testing.T, s *suite) {
 	}
 
 	cnt, recs := e.ledger(t, monthOf(subj, action))
-	want := quota.Counter{CounterKey: monthOf(subj, action).key, End: monthOf(subj, action).end, Used: limit, Limit: limit}
+	want := quota.Counter{CounterKey: monthOf(subj, action).key, End: monthOf(subj, action).end, Used: limit, Max: limit}
 	if diff := cmp.Diff(want, cnt, cmpTime); diff != "" {
 		t.Errorf("counter after the race (-want +got):\n%s", diff)
 	}

@@ -32,6 +32,10 @@
 //     reformats JSON (PostgreSQL's jsonb) or rejects the \u0000 escape.
 //   - Op amounts and counters range over the whole of int64: the overflow
 //     case applies Ops of up to 1<<62 directly.
+//   - The optional interfaces quota.Summer, quota.Ranker and quota.Pruner
+//     are checked when the store has them: analytics must answer as the
+//     Quota answers from Store.Records, and without Pruner, Quota.Prune
+//     must refuse with errors.ErrUnsupported and change nothing.
 //   - Store.Close is called by the suite at the end of each case (and in
 //     the case about Close); the factory may register its own cleanup.
 //

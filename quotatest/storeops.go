@@ -43,7 +43,7 @@ func testStoreOps(t *testing.T, s *suite) {
 		return quota.CounterOp{CounterKey: k, End: end(k), Max: max}
 	}
 	counter := func(k quota.CounterKey, used, held, limit int64) quota.Counter {
-		return quota.Counter{CounterKey: k, End: end(k), Used: used, Held: held, Limit: limit}
+		return quota.Counter{CounterKey: k, End: end(k), Used: used, Held: held, Max: limit}
 	}
 	rec := func(action string, n int64) quota.Record {
 		return quota.Record{Subject: subj, Action: action, Amount: n, Time: now}
@@ -89,7 +89,7 @@ func testStoreOps(t *testing.T, s *suite) {
 		// Never written: zero, in the order asked.
 		ks := []quota.CounterKey{kMon, key("y", quota.PeriodNone), kDay}
 		for _, c := range e.counters(t, ks...) {
-			if c.Used != 0 || c.Held != 0 || c.Limit != 0 {
+			if c.Used != 0 || c.Held != 0 || c.Max != 0 {
 				t.Errorf("Store.Counters(never written %v) = %+v; want zero Used, Held and Limit", c.CounterKey, c)
 			}
 		}

@@ -112,6 +112,7 @@ DECLARE
     v_maxes   bigint[]      := p_maxes::bigint[];
     v_marks   bigint[]      := p_marks::bigint[];
     v_n       integer       := coalesce(cardinality(v_periods), 0);
+    v_w       integer       := CASE WHEN coalesce(cardinality(v_periods), 0) = 0 THEN 0 ELSE coalesce(cardinality(p_marks::bigint[]), 0) / cardinality(v_periods) END;
     v_old     bigint[]      := '{}';
     v_bits    bigint;
     v_hold    integer       := CASE WHEN p_hold_id IS NULL THEN 0 ELSE 1 END;
@@ -319,8 +320,8 @@ BEGIN
         o_used[i] := o_used[i] + v_charge;
         o_held[i] := o_held[i] + p_amount - v_charge;
         v_bits := 0;
-        FOR l IN 1 .. 3 LOOP
-            IF coalesce(v_marks[3 * (i - 1) + l], 0) > 0 AND v_marks[3 * (i - 1) + l] <= o_used[i] + o_held[i] THEN
+        FOR l IN 1 .. v_w LOOP
+            IF coalesce(v_marks[v_w * (i - 1) + l], 0) > 0 AND v_marks[v_w * (i - 1) + l] <= o_used[i] + o_held[i] THEN
                 v_bits := v_bits | (1 << (l - 1));
             END IF;
         END LOOP;
