@@ -66,26 +66,26 @@ type Point struct {
 // come ordered by Start, then Action.
 func (q *Quota) Series(ctx context.Context, sq SeriesQuery) ([]Point, error) {
 	if err := q.begin(ctx); err != nil {
-		return nil, err
+		return nil, errorf("series: %w", err)
 	}
 	if err := q.checkFilter(sq.Subject, sq.Action); err != nil {
-		return nil, fmt.Errorf("quota: series: %w", err)
+		return nil, errorf("series: %w", err)
 	}
 	if sq.Step == PeriodNone {
 		sq.Step = PeriodDay
 	}
 	if sq.Step > PeriodMonth {
-		return nil, fmt.Errorf("quota: series: step %v: want hour, day, week or month", sq.Step)
+		return nil, errorf("series: step %v: want hour, day, week or month", sq.Step)
 	}
 	if sq.Last < 0 || sq.Last > MaxSeriesBuckets || (sq.Last > 0 && !sq.From.IsZero()) {
-		return nil, fmt.Errorf("quota: series: Last %d: want 0 to %d, with a zero From", sq.Last, MaxSeriesBuckets)
+		return nil, errorf("series: Last %d: want 0 to %d, with a zero From", sq.Last, MaxSeriesBuckets)
 	}
 	if sq.To.IsZero() || (sq.Last == 0 && (sq.From.IsZero() || !sq.From.Before(sq.To))) {
-		return nil, fmt.Errorf("quota: series: want From before To, got [%v, %v)", sq.From, sq.To)
+		return nil, errorf("series: want From before To, got [%v, %v)", sq.From, sq.To)
 	}
 	for _, a := range sq.Actions {
 		if err := checkName(a, ErrInvalidAction); err != nil {
-			return nil, fmt.Errorf("quota: series: %w", err)
+			return nil, errorf("series: %w", err)
 		}
 	}
 	planned := sq.Actions // the actions to fill with zeros
@@ -103,12 +103,12 @@ func (q *Quota) Series(ctx context.Context, sq SeriesQuery) ([]Point, error) {
 		case errors.Is(err, ErrNoSubscription):
 			// A subject without a subscription may still have records.
 		default:
-			return nil, fmt.Errorf("quota: series %q: %w", sq.Subject, err)
+			return nil, errorf("series %q: %w", sq.Subject, err)
 		}
 	}
 	loc, err := q.location(zone)
 	if err != nil {
-		return nil, fmt.Errorf("quota: series: %w", err)
+		return nil, errorf("series: %w", err)
 	}
 	if sq.Last > 0 {
 		anchor := calendarAnchor(loc)
@@ -119,11 +119,11 @@ func (q *Quota) Series(ctx context.Context, sq SeriesQuery) ([]Point, error) {
 	}
 	bounds, err := seriesBounds(sq.Step, sq.From, sq.To, loc)
 	if err != nil {
-		return nil, fmt.Errorf("quota: series: %w", err)
+		return nil, errorf("series: %w", err)
 	}
 	sums, err := q.sums(ctx, SumQuery{Subject: sq.Subject, Action: sq.Action, Bounds: bounds, ByAction: sq.ByAction})
 	if err != nil {
-		return nil, fmt.Errorf("quota: series: %w", err)
+		return nil, errorf("series: %w", err)
 	}
 	type cell struct {
 		bucket int
@@ -133,7 +133,7 @@ func (q *Quota) Series(ctx context.Context, sq SeriesQuery) ([]Point, error) {
 	actions := map[string]bool{}
 	for _, s := range sums {
 		if s.Bucket < 0 || s.Bucket >= len(bounds)-1 {
-			return nil, fmt.Errorf("quota: series: store returned bucket %d of %d", s.Bucket, len(bounds)-1)
+			return nil, errorf("series: store returned bucket %d of %d", s.Bucket, len(bounds)-1)
 		}
 		if !sq.ByAction {
 			s.Action = ""
@@ -223,24 +223,24 @@ type SubjectTotal struct {
 // tq.Limit of them.
 func (q *Quota) TopSubjects(ctx context.Context, tq TopQuery) ([]SubjectTotal, error) {
 	if err := q.begin(ctx); err != nil {
-		return nil, err
+		return nil, errorf("top subjects: %w", err)
 	}
 	if err := checkName(tq.Action, ErrInvalidAction); err != nil {
-		return nil, fmt.Errorf("quota: top subjects: %w", err)
+		return nil, errorf("top subjects: %w", err)
 	}
 	if tq.From.IsZero() || tq.To.IsZero() || !tq.From.Before(tq.To) {
-		return nil, fmt.Errorf("quota: top subjects: want From before To, got [%v, %v)", tq.From, tq.To)
+		return nil, errorf("top subjects: want From before To, got [%v, %v)", tq.From, tq.To)
 	}
 	if tq.Limit == 0 {
 		tq.Limit = 10
 	}
 	if tq.Limit < 0 || tq.Limit > 1000 {
-		return nil, fmt.Errorf("quota: top subjects: limit %d: want 1 to 1000", tq.Limit)
+		return nil, errorf("top subjects: limit %d: want 1 to 1000", tq.Limit)
 	}
 	tq.From, tq.To = tq.From.UTC(), tq.To.UTC()
 	top, err := q.top(ctx, tq)
 	if err != nil {
-		return nil, fmt.Errorf("quota: top subjects %q: %w", tq.Action, err)
+		return nil, errorf("top subjects %q: %w", tq.Action, err)
 	}
 	return top, nil
 }

@@ -1,7 +1,6 @@
 package quota
 
 import (
-	"fmt"
 	"strconv"
 	"time"
 )
@@ -49,7 +48,7 @@ func (l *Level) UnmarshalText(b []byte) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("quota: unknown level %q", b)
+	return errorf("unknown level %q", b)
 }
 
 // Reason says why a use was refused.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 )
@@ -164,3 +165,28 @@ func checkName(s string, kind error) error {
 	}
 	return nil
 }
+
+// errorf formats an error of the Quota as fmt.Errorf does, with the
+// package's prefix once: "quota: " begins the message, and the errors it
+// wraps (a sentinel, a store's error) are shown without theirs.
+func errorf(format string, args ...any) error {
+	return wrapf("quota: "+format, args...)
+}
+
+// wrapf is fmt.Errorf with the errors it wraps shown without the
+// package's prefix: stores wrap with it, and the Quota adds the prefix
+// once.
+func wrapf(format string, args ...any) error {
+	for i, a := range args {
+		if err, ok := a.(error); ok {
+			args[i] = unprefixed{err}
+		}
+	}
+	return fmt.Errorf(format, args...)
+}
+
+// unprefixed shows an error without the package's prefix.
+type unprefixed struct{ err error }
+
+func (e unprefixed) Error() string { return strings.TrimPrefix(e.err.Error(), "quota: ") }
+func (e unprefixed) Unwrap() error { return e.err }

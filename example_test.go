@@ -131,11 +131,11 @@ func ExampleQuota_Reserve() {
 		log.Fatal(err)
 	}
 	fmt.Println("used after commit and cancel:", r.Actions[0].Used)
-	recs, err := q.Records(ctx, quota.RecordQuery{Subject: "bob"})
+	page, err := q.History(ctx, quota.HistoryQuery{Subject: "bob"})
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println("records:", len(recs))
+	fmt.Println("records:", len(page.Records))
 	// Output:
 	// two held: true true 2
 	// used after commit and cancel: 1

@@ -9,31 +9,6 @@ import (
 	"time"
 )
 
-// Records returns the ledger records q selects, in ascending ID order.
-func (q *Quota) Records(ctx context.Context, rq RecordQuery) ([]Record, error) {
-	if err := q.begin(ctx); err != nil {
-		return nil, err
-	}
-	if rq.Subject != "" {
-		if err := checkName(rq.Subject, ErrInvalidSubject); err != nil {
-			return nil, fmt.Errorf("quota: records: %w", err)
-		}
-	}
-	if rq.Action != "" {
-		if err := checkName(rq.Action, ErrInvalidAction); err != nil {
-			return nil, fmt.Errorf("quota: records: %w", err)
-		}
-	}
-	if rq.Limit < 0 || rq.AfterID < 0 {
-		return nil, fmt.Errorf("quota: records: negative limit or cursor")
-	}
-	recs, err := q.store.Records(ctx, rq)
-	if err != nil {
-		return nil, fmt.Errorf("quota: records: %w", err)
-	}
-	return recs, nil
-}
-
 // Record is one use in the ledger.
 type Record struct {
 	ID         int64           `json:"id"`
@@ -48,10 +23,10 @@ type Record struct {
 	Time time.Time `json:"time"`
 }
 
-// HistoryQuery selects a subject's records, newest first, a page at a
-// time.
+// HistoryQuery selects records, newest first, a page at a time.
 type HistoryQuery struct {
-	// Subject is whose records. Required.
+	// Subject selects one subject's records; "" selects every
+	// subject's (an admin view).
 	Subject string
 	// Action selects one action; "" selects every action.
 	Action string
@@ -73,31 +48,29 @@ type Page struct {
 	Next string `json:"next,omitempty"`
 }
 
-// History returns a subject's records, newest first, a page at a time.
+// History returns the ledger's records that hq selects, newest first, a
+// page at a time: a subject's usage history, or every subject's.
 // Pages are cut by record ID, so that walking them while uses go on
 // returns every record that existed when the walk began exactly once:
 // new records come before the first page, never between pages.
 func (q *Quota) History(ctx context.Context, hq HistoryQuery) (Page, error) {
 	if err := q.begin(ctx); err != nil {
-		return Page{}, err
+		return Page{}, errorf("history: %w", err)
 	}
-	if err := checkName(hq.Subject, ErrInvalidSubject); err != nil {
-		return Page{}, fmt.Errorf("quota: history: %w", err)
-	}
-	if err := q.checkFilter("", hq.Action); err != nil {
-		return Page{}, fmt.Errorf("quota: history: %w", err)
+	if err := q.checkFilter(hq.Subject, hq.Action); err != nil {
+		return Page{}, errorf("history: %w", err)
 	}
 	if hq.Limit == 0 {
 		hq.Limit = 100
 	}
 	if hq.Limit < 0 || hq.Limit > MaxHistoryPage {
-		return Page{}, fmt.Errorf("quota: history: limit %d: want 1 to %d", hq.Limit, MaxHistoryPage)
+		return Page{}, errorf("history: limit %d: want 1 to %d", hq.Limit, MaxHistoryPage)
 	}
 	var before int64
 	if hq.Cursor != "" {
 		var err error
 		if before, err = parseCursor(hq.Cursor); err != nil {
-			return Page{}, fmt.Errorf("quota: history: %w", err)
+			return Page{}, errorf("history: %w", err)
 		}
 	}
 	// One more than the page tells whether another page follows.
@@ -111,7 +84,7 @@ func (q *Quota) History(ctx context.Context, hq HistoryQuery) (Page, error) {
 		Limit:      hq.Limit + 1,
 	})
 	if err != nil {
-		return Page{}, fmt.Errorf("quota: history %q: %w", hq.Subject, err)
+		return Page{}, errorf("history %q: %w", hq.Subject, err)
 	}
 	var p Page
 	if len(recs) > hq.Limit {

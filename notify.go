@@ -2,7 +2,6 @@ package quota
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"math"
 	"sync"
@@ -95,11 +94,11 @@ func (n *notifier) deliver(note Notification) {
 	defer cancel()
 	defer func() {
 		if v := recover(); v != nil {
-			n.onError(fmt.Errorf("quota: notify %s %s %s: panic: %v", note.Subject, note.Action, note.Level, v))
+			n.onError(errorf("notify %s %s %s: panic: %v", note.Subject, note.Action, note.Level, v))
 		}
 	}()
 	if err := n.hook(ctx, note); err != nil {
-		n.onError(fmt.Errorf("quota: notify %s %s %s: %w", note.Subject, note.Action, note.Level, err))
+		n.onError(errorf("notify %s %s %s: %w", note.Subject, note.Action, note.Level, err))
 	}
 }
 

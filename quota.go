@@ -132,7 +132,7 @@ func New(store Store, cfg Config) (*Quota, error) {
 		return nil, ErrNilStore
 	}
 	if len(cfg.Plans) == 0 {
-		return nil, fmt.Errorf("quota: new: %w: no plans", ErrInvalidPlan)
+		return nil, errorf("new: %w: no plans", ErrInvalidPlan)
 	}
 	plans, err := validatePlans(cfg.Plans)
 	if err != nil {
@@ -153,7 +153,7 @@ func New(store Store, cfg Config) (*Quota, error) {
 		}
 	}
 	if q.def != "" && plans[q.def] == nil {
-		return nil, fmt.Errorf("quota: new: default plan %q: %w", q.def, ErrUnknownPlan)
+		return nil, errorf("new: default plan %q: %w", q.def, ErrUnknownPlan)
 	}
 	if q.now == nil {
 		q.now = time.Now
@@ -162,13 +162,13 @@ func New(store Store, cfg Config) (*Quota, error) {
 		q.ttl = DefaultReservationTTL
 	}
 	if q.ttl < 0 {
-		return nil, fmt.Errorf("quota: new: negative reservation TTL %v", q.ttl)
+		return nil, errorf("new: negative reservation TTL %v", q.ttl)
 	}
 	if q.levels == (Thresholds{}) {
 		q.levels = DefaultThresholds
 	}
 	if t := q.levels; !(t.Warning > 0 && t.Warning <= t.Critical && t.Critical <= t.Exceeded) {
-		return nil, fmt.Errorf("quota: new: thresholds %v: want 0 < warning <= critical <= exceeded", t)
+		return nil, errorf("new: thresholds %v: want 0 < warning <= critical <= exceeded", t)
 	}
 	if cfg.Notify != nil {
 		q.notifier = newNotifier(cfg.Notify, cfg.OnError, cfg.NotifyTimeout)
@@ -194,7 +194,7 @@ func (q *Quota) Close() error {
 func (q *Quota) Plan(name string) (Plan, error) {
 	p := q.plans[name]
 	if p == nil {
-		return Plan{}, fmt.Errorf("quota: plan %q: %w", name, ErrUnknownPlan)
+		return Plan{}, errorf("plan %q: %w", name, ErrUnknownPlan)
 	}
 	return clonePlan(p), nil
 }
@@ -357,14 +357,14 @@ func (p *prepared) perUseExceeded() int {
 func (q *Quota) Check(ctx context.Context, u Use) (Decision, error) {
 	var p prepared
 	if err := q.prepare(ctx, u, modeCheck, &p, nil); err != nil {
-		return Decision{}, fmt.Errorf("quota: check: %w", err)
+		return Decision{}, errorf("check: %w", err)
 	}
 	if p.missing != "" {
 		return denyFeature(&p), nil
 	}
 	cs, err := q.readCounters(ctx, &p)
 	if err != nil {
-		return Decision{}, fmt.Errorf("quota: check %q %q: %w", u.Subject, u.Action, err)
+		return Decision{}, errorf("check %q %q: %w", u.Subject, u.Action, err)
 	}
 	if p.u.Amount > 0 {
 		if i := p.perUseExceeded(); i >= 0 {
@@ -425,7 +425,7 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (*Hol
 	defer b.release()
 	var p prepared
 	if err := q.prepare(ctx, u, m, &p, b.counters[:0]); err != nil {
-		return nil, fmt.Errorf("quota: %s: %w", modeNames[m], err)
+		return nil, errorf("%s: %w", modeNames[m], err)
 	}
 	if m != modeTrack && p.missing != "" {
 		*d = denyFeature(&p)
@@ -435,7 +435,7 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (*Hol
 		if i := p.perUseExceeded(); i >= 0 {
 			cs, err := q.readCounters(ctx, &p)
 			if err != nil {
-				return nil, fmt.Errorf("quota: %s %q %q: %w", modeNames[m], u.Subject, u.Action, err)
+				return nil, errorf("%s %q %q: %w", modeNames[m], u.Subject, u.Action, err)
 			}
 			q.decide(d, &p, cs, false)
 			*d = denyPerUse(*d, i)
@@ -468,10 +468,10 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (*Hol
 		if errors.Is(err, ErrIdempotencyConflict) {
 			return nil, &ConflictError{Subject: u.Subject, Key: u.Key}
 		}
-		return nil, fmt.Errorf("quota: %s %q %q: %w", modeNames[m], u.Subject, u.Action, err)
+		return nil, errorf("%s %q %q: %w", modeNames[m], u.Subject, u.Action, err)
 	}
 	if len(res.Counters) != len(p.counters) {
-		return nil, fmt.Errorf("quota: %s %q %q: store returned %d counters for %d", modeNames[m], u.Subject, u.Action, len(res.Counters), len(p.counters))
+		return nil, errorf("%s %q %q: store returned %d counters for %d", modeNames[m], u.Subject, u.Action, len(res.Counters), len(p.counters))
 	}
 	if res.Replayed {
 		// The first use's figures, in the first use's windows.

@@ -3,6 +3,7 @@ package quota_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -598,5 +599,70 @@ func TestNotifyMarksFollowThresholds(t *testing.T) {
 	// critical and exceeded (2 of 2). Use 3 is refused.
 	if diff := cmp.Diff([]int64{1, 1, 2, 2}, used); diff != "" {
 		t.Errorf("used at each notification (-want +got):\n%s", diff)
+	}
+}
+
+// TestErrorsNameThePackageOnce checks that an error wrapped by the Quota
+// over a store's error names the package and the operation once each,
+// and still matches its sentinel.
+func TestErrorsNameThePackageOnce(t *testing.T) {
+	st := quota.NewMemoryStore()
+	q2, err := quota.New(st, quota.Config{Plans: testPlans})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	for _, tc := range []struct {
+		name string
+		call func() error
+		want error
+		op   string
+	}{
+		{"consume on a closed store", func() error {
+			_, err := q2.Consume(t.Context(), quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1})
+			return err
+		}, quota.ErrClosed, "consume"},
+		{"subscribe to an unknown plan", func() error {
+			return q2.Subscribe(t.Context(), quota.Subscription{Subject: "u", Plan: "GOLD"})
+		}, quota.ErrUnknownPlan, "subscribe"},
+		{"usage on a closed store", func() error {
+			_, err := q2.Usage(t.Context(), "u")
+			return err
+		}, quota.ErrClosed, "usage"},
+		{"check with an empty subject", func() error {
+			_, err := q2.Check(t.Context(), quota.Use{Action: "diagram.upload", Amount: 1})
+			return err
+		}, quota.ErrInvalidSubject, "check"},
+	} {
+		err := tc.call()
+		if !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v; want an error matching %v", tc.name, err, tc.want)
+			continue
+		}
+		msg := err.Error()
+		if n := strings.Count(msg, "quota:"); n != 1 || !strings.HasPrefix(msg, "quota: ") {
+			t.Errorf("%s: %q names the package %d times; want once, first", tc.name, msg, n)
+		}
+		if n := strings.Count(msg, tc.op); n != 1 {
+			t.Errorf("%s: %q names %q %d times; want once", tc.name, msg, tc.op, n)
+		}
+	}
+}
+
+// allRecords returns the records of subject (and of action, unless "")
+// oldest first, walking History to its end.
+func allRecords(ctx context.Context, q *quota.Quota, subject, action string) ([]quota.Record, error) {
+	var out []quota.Record
+	for cursor := ""; ; {
+		p, err := q.History(ctx, quota.HistoryQuery{Subject: subject, Action: action, Limit: quota.MaxHistoryPage, Cursor: cursor})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Records...)
+		if p.Next == "" {
+			slices.Reverse(out)
+			return out, nil
+		}
+		cursor = p.Next
 	}
 }

@@ -2,7 +2,6 @@ package quota
 
 import (
 	"context"
-	"fmt"
 	"time"
 )
 
@@ -42,15 +41,15 @@ type WindowUsage struct {
 // overrides) limits, in action order, with the plan's features.
 func (q *Quota) Usage(ctx context.Context, subject string) (Report, error) {
 	if err := q.begin(ctx); err != nil {
-		return Report{}, err
+		return Report{}, errorf("usage: %w", err)
 	}
 	if err := checkName(subject, ErrInvalidSubject); err != nil {
-		return Report{}, fmt.Errorf("quota: usage: %w", err)
+		return Report{}, errorf("usage: %w", err)
 	}
 	now := q.now()
 	s, err := q.resolve(ctx, subject, now)
 	if err != nil {
-		return Report{}, fmt.Errorf("quota: usage %q: %w", subject, err)
+		return Report{}, errorf("usage %q: %w", subject, err)
 	}
 	actions := s.actions()
 	// One read for the current windows and, after them, the previous
@@ -74,10 +73,10 @@ func (q *Quota) Usage(ctx context.Context, subject string) (Report, error) {
 	}
 	cs, err := q.store.Counters(ctx, keys, now)
 	if err != nil {
-		return Report{}, fmt.Errorf("quota: usage %q: %w", subject, err)
+		return Report{}, errorf("usage %q: %w", subject, err)
 	}
 	if len(cs) != len(keys) {
-		return Report{}, fmt.Errorf("quota: usage %q: store returned %d counters for %d keys", subject, len(cs), len(keys))
+		return Report{}, errorf("usage %q: store returned %d counters for %d keys", subject, len(cs), len(keys))
 	}
 	r := Report{Subject: subject, Plan: s.plan.Name, At: now.UTC(), TimeZone: s.loc.String(), Features: append([]string{}, s.plan.Features...)}
 	i, k := 0, len(ops)

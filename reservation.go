@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"time"
 )
 
@@ -63,7 +62,7 @@ func (r *Reservation) Commit(ctx context.Context) (Record, error) {
 // record; the rest is released.
 func (r *Reservation) CommitAmount(ctx context.Context, amount int64) (Record, error) {
 	if amount > r.Decision.Amount {
-		return Record{}, fmt.Errorf("quota: commit %s: %w: %d is more than the %d reserved", r.ID, ErrInvalidAmount, amount, r.Decision.Amount)
+		return Record{}, errorf("commit %s: %w: %d is more than the %d reserved", r.ID, ErrInvalidAmount, amount, r.Decision.Amount)
 	}
 	return r.q.CommitReservation(ctx, r.ID, amount)
 }
@@ -79,17 +78,17 @@ func (r *Reservation) Cancel(ctx context.Context) error {
 // cancelled one ErrReservationNotFound.
 func (q *Quota) CommitReservation(ctx context.Context, id string, amount int64) (Record, error) {
 	if err := q.begin(ctx); err != nil {
-		return Record{}, err
+		return Record{}, errorf("commit: %w", err)
 	}
 	if id == "" {
-		return Record{}, fmt.Errorf("quota: commit: %w: empty id", ErrReservationNotFound)
+		return Record{}, errorf("commit: %w: empty id", ErrReservationNotFound)
 	}
 	if amount <= 0 || amount > MaxAmount {
-		return Record{}, fmt.Errorf("quota: commit %s: %w: %d", id, ErrInvalidAmount, amount)
+		return Record{}, errorf("commit %s: %w: %d", id, ErrInvalidAmount, amount)
 	}
 	rec, err := q.store.Commit(ctx, id, amount, q.now())
 	if err != nil {
-		return Record{}, fmt.Errorf("quota: commit %s: %w", id, err)
+		return Record{}, errorf("commit %s: %w", id, err)
 	}
 	return rec, nil
 }
@@ -97,13 +96,13 @@ func (q *Quota) CommitReservation(ctx context.Context, id string, amount int64) 
 // CancelReservation releases the amount held by reservation id.
 func (q *Quota) CancelReservation(ctx context.Context, id string) error {
 	if err := q.begin(ctx); err != nil {
-		return err
+		return errorf("cancel: %w", err)
 	}
 	if id == "" {
-		return fmt.Errorf("quota: cancel: %w: empty id", ErrReservationNotFound)
+		return errorf("cancel: %w: empty id", ErrReservationNotFound)
 	}
 	if err := q.store.Cancel(ctx, id, q.now()); err != nil {
-		return fmt.Errorf("quota: cancel %s: %w", id, err)
+		return errorf("cancel %s: %w", id, err)
 	}
 	return nil
 }

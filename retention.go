@@ -3,7 +3,6 @@ package quota
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 )
 
@@ -24,27 +23,27 @@ const RollupStep = 15 * time.Minute
 // matching errors.ErrUnsupported.
 func (q *Quota) Prune(ctx context.Context, before time.Time, batch int) (int64, error) {
 	if err := q.begin(ctx); err != nil {
-		return 0, err
+		return 0, errorf("prune: %w", err)
 	}
 	if before.IsZero() {
-		return 0, fmt.Errorf("quota: prune: zero cutoff")
+		return 0, errorf("prune: zero cutoff")
 	}
 	if batch == 0 {
 		batch = DefaultPruneBatch
 	}
 	if batch < 0 {
-		return 0, fmt.Errorf("quota: prune: batch %d: want at least 1", batch)
+		return 0, errorf("prune: batch %d: want at least 1", batch)
 	}
 	p, ok := q.store.(Pruner)
 	if !ok {
-		return 0, fmt.Errorf("quota: prune: %w: the store is not a Pruner", errors.ErrUnsupported)
+		return 0, errorf("prune: %w: the store is not a Pruner", errors.ErrUnsupported)
 	}
 	var total int64
 	for {
 		n, err := p.Prune(ctx, before.UTC(), batch)
 		total += n
 		if err != nil {
-			return total, fmt.Errorf("quota: prune: %w", err)
+			return total, errorf("prune: %w", err)
 		}
 		if n < int64(batch) {
 			return total, nil

@@ -454,7 +454,7 @@ func (l *ledger) totals(f func(subject, action uint32, t time.Time, amount, coun
 // Sums adds up the records q selects per bucket.
 func (s *MemoryStore) Sums(ctx context.Context, q SumQuery) ([]Sum, error) {
 	if len(q.Bounds) < 2 {
-		return nil, fmt.Errorf("quota: sums: %d bounds, want at least 2", len(q.Bounds))
+		return nil, fmt.Errorf("sums: %d bounds, want at least 2", len(q.Bounds))
 	}
 	if err := s.lock(ctx); err != nil {
 		return nil, err

@@ -894,7 +894,7 @@ func TestSQLStoreCallerTx(t *testing.T) {
 				t.Fatalf("Consume past the limit in tx = %+v, %v; want denied", d, err)
 			}
 		})
-		recs, err := q.Records(ctx, quota.RecordQuery{Subject: use.Subject})
+		recs, err := allRecords(ctx, q, use.Subject, "")
 		if err != nil || len(recs) != 1 || recs[0].Key != "k1" || string(recs[0].Metadata) != `{"a":1}` {
 			t.Errorf("after commit: records %+v, %v; want the one use", recs, err)
 		}
@@ -1049,7 +1049,7 @@ func TestSQLStoreHostileValues(t *testing.T) {
 			if u, err := q.Usage(ctx, subject); err != nil || len(u.Features) != len(hostile) {
 				t.Errorf("Usage(%q) = %+v, %v", subject, u, err)
 			}
-			recs, err := q.Records(ctx, quota.RecordQuery{Subject: subject, Action: action})
+			recs, err := allRecords(ctx, q, subject, action)
 			if err != nil || len(recs) != 2 {
 				t.Fatalf("Records(%q, %q) = %d records, %v; want 2", subject, action, len(recs), err)
 			}

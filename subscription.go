@@ -58,16 +58,16 @@ func (q *Quota) location(name string) (*time.Location, error) {
 // SchedulePlan.
 func (q *Quota) Subscribe(ctx context.Context, s Subscription) error {
 	if err := q.begin(ctx); err != nil {
-		return err
+		return errorf("subscribe: %w", err)
 	}
 	if err := checkName(s.Subject, ErrInvalidSubject); err != nil {
-		return fmt.Errorf("quota: subscribe: %w", err)
+		return errorf("subscribe: %w", err)
 	}
 	if q.plans[s.Plan] == nil {
-		return fmt.Errorf("quota: subscribe %q: plan %q: %w", s.Subject, s.Plan, ErrUnknownPlan)
+		return errorf("subscribe %q: plan %q: %w", s.Subject, s.Plan, ErrUnknownPlan)
 	}
 	if _, err := q.location(s.TimeZone); err != nil {
-		return fmt.Errorf("quota: subscribe %q: %w", s.Subject, err)
+		return errorf("subscribe %q: %w", s.Subject, err)
 	}
 	if s.Anchor.IsZero() {
 		// Keep the billing anchor of a plan change; start a new
@@ -79,7 +79,7 @@ func (q *Quota) Subscribe(ctx context.Context, s Subscription) error {
 		case errors.Is(err, ErrNoSubscription):
 			s.Anchor = q.now()
 		default:
-			return fmt.Errorf("quota: subscribe %q: %w", s.Subject, err)
+			return errorf("subscribe %q: %w", s.Subject, err)
 		}
 	}
 	s.Anchor = s.Anchor.UTC()
@@ -87,11 +87,11 @@ func (q *Quota) Subscribe(ctx context.Context, s Subscription) error {
 		ov := make(map[string][]Limit, len(s.Overrides))
 		for a, ls := range s.Overrides {
 			if !q.actions[a] {
-				return fmt.Errorf("quota: subscribe %q: override of %q: %w", s.Subject, a, ErrUnknownAction)
+				return errorf("subscribe %q: override of %q: %w", s.Subject, a, ErrUnknownAction)
 			}
 			cp, perr := validateLimits(a, ls)
 			if perr != nil {
-				return fmt.Errorf("quota: subscribe %q: override: %w: %w", s.Subject, ErrInvalidSubscription, perr)
+				return errorf("subscribe %q: override: %w: %w", s.Subject, ErrInvalidSubscription, perr)
 			}
 			ov[a] = cp
 		}
@@ -101,7 +101,7 @@ func (q *Quota) Subscribe(ctx context.Context, s Subscription) error {
 	}
 	s.NextPlan, s.NextPlanAt = "", time.Time{}
 	if err := q.store.PutSubscription(ctx, s); err != nil {
-		return fmt.Errorf("quota: subscribe %q: %w", s.Subject, err)
+		return errorf("subscribe %q: %w", s.Subject, err)
 	}
 	return nil
 }
@@ -112,21 +112,21 @@ func (q *Quota) Subscribe(ctx context.Context, s Subscription) error {
 // replaces the schedule.
 func (q *Quota) SchedulePlan(ctx context.Context, subject, plan string) (time.Time, error) {
 	if err := q.begin(ctx); err != nil {
-		return time.Time{}, err
+		return time.Time{}, errorf("schedule: %w", err)
 	}
 	if err := checkName(subject, ErrInvalidSubject); err != nil {
-		return time.Time{}, fmt.Errorf("quota: schedule plan: %w", err)
+		return time.Time{}, errorf("schedule plan: %w", err)
 	}
 	if q.plans[plan] == nil {
-		return time.Time{}, fmt.Errorf("quota: schedule plan %q for %q: %w", plan, subject, ErrUnknownPlan)
+		return time.Time{}, errorf("schedule plan %q for %q: %w", plan, subject, ErrUnknownPlan)
 	}
 	s, err := q.store.GetSubscription(ctx, subject)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("quota: schedule plan for %q: %w", subject, err)
+		return time.Time{}, errorf("schedule plan for %q: %w", subject, err)
 	}
 	loc, err := q.location(s.TimeZone)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("quota: schedule plan for %q: %w", subject, err)
+		return time.Time{}, errorf("schedule plan for %q: %w", subject, err)
 	}
 	now := q.now()
 	if s.NextPlan != "" && !now.Before(s.NextPlanAt) {
@@ -135,7 +135,7 @@ func (q *Quota) SchedulePlan(ctx context.Context, subject, plan string) (time.Ti
 	_, at := window(PeriodMonth, now, s.Anchor, loc)
 	s.NextPlan, s.NextPlanAt = plan, at
 	if err := q.store.PutSubscription(ctx, s); err != nil {
-		return time.Time{}, fmt.Errorf("quota: schedule plan for %q: %w", subject, err)
+		return time.Time{}, errorf("schedule plan for %q: %w", subject, err)
 	}
 	return at, nil
 }
@@ -144,14 +144,14 @@ func (q *Quota) SchedulePlan(ctx context.Context, subject, plan string) (time.Ti
 // matching ErrNoSubscription.
 func (q *Quota) Subscription(ctx context.Context, subject string) (Subscription, error) {
 	if err := q.begin(ctx); err != nil {
-		return Subscription{}, err
+		return Subscription{}, errorf("subscription: %w", err)
 	}
 	if err := checkName(subject, ErrInvalidSubject); err != nil {
-		return Subscription{}, fmt.Errorf("quota: subscription: %w", err)
+		return Subscription{}, errorf("subscription: %w", err)
 	}
 	s, err := q.store.GetSubscription(ctx, subject)
 	if err != nil {
-		return Subscription{}, fmt.Errorf("quota: subscription %q: %w", subject, err)
+		return Subscription{}, errorf("subscription %q: %w", subject, err)
 	}
 	return s, nil
 }
@@ -273,17 +273,17 @@ func (s *subscriber) appendCounters(dst []CounterOp, action string, limits []Lim
 // HasFeature reports whether the plan in force for subject grants feature.
 func (q *Quota) HasFeature(ctx context.Context, subject, feature string) (bool, error) {
 	if err := q.begin(ctx); err != nil {
-		return false, err
+		return false, errorf("has: %w", err)
 	}
 	if err := checkName(subject, ErrInvalidSubject); err != nil {
-		return false, fmt.Errorf("quota: has feature: %w", err)
+		return false, errorf("has feature: %w", err)
 	}
 	if err := checkName(feature, ErrInvalidName); err != nil {
-		return false, fmt.Errorf("quota: has feature: feature: %w", err)
+		return false, errorf("has feature: feature: %w", err)
 	}
 	s, err := q.resolve(ctx, subject, q.now())
 	if err != nil {
-		return false, fmt.Errorf("quota: has feature %q: %w", subject, err)
+		return false, errorf("has feature %q: %w", subject, err)
 	}
 	return s.plan.HasFeature(feature), nil
 }

@@ -112,12 +112,12 @@ func testBadInput(t *testing.T, s *suite) {
 			uses(n.what+" key", quota.ErrInvalidKey, use(func(u *quota.Use) { u.Key = n.s }))
 			uses(n.what+" resource id", quota.ErrInvalidName, use(func(u *quota.Use) { u.ResourceID = n.s }))
 			cases = append(cases,
-				bad{"Records with " + n.what + " subject", func(ctx context.Context) error {
-					_, err := q.Records(ctx, quota.RecordQuery{Subject: n.s})
+				bad{"History with " + n.what + " subject", func(ctx context.Context) error {
+					_, err := q.History(ctx, quota.HistoryQuery{Subject: n.s})
 					return err
 				}, quota.ErrInvalidSubject},
-				bad{"Records with " + n.what + " action", func(ctx context.Context) error {
-					_, err := q.Records(ctx, quota.RecordQuery{Action: n.s})
+				bad{"History with " + n.what + " action", func(ctx context.Context) error {
+					_, err := q.History(ctx, quota.HistoryQuery{Action: n.s})
 					return err
 				}, quota.ErrInvalidAction},
 			)
@@ -272,8 +272,8 @@ func testBadInput(t *testing.T, s *suite) {
 		{"Subscription", func(ctx context.Context) error { _, err := q.Subscription(ctx, subj); return err }},
 		{"Usage", func(ctx context.Context) error { _, err := q.Usage(ctx, subj); return err }},
 		{"HasFeature", func(ctx context.Context) error { _, err := q.HasFeature(ctx, subj, "api_access"); return err }},
-		{"Records", func(ctx context.Context) error {
-			_, err := q.Records(ctx, quota.RecordQuery{Subject: subj})
+		{"History", func(ctx context.Context) error {
+			_, err := q.History(ctx, quota.HistoryQuery{Subject: subj})
 			return err
 		}},
 	}

@@ -331,7 +331,7 @@ func testClose(t *testing.T, s *suite) {
 		_, errs["Subscription"] = q.Subscription(ctx, subj)
 		_, errs["Usage"] = q.Usage(ctx, subj)
 		_, errs["HasFeature"] = q.HasFeature(ctx, subj, "api_access")
-		_, errs["Records"] = q.Records(ctx, quota.RecordQuery{Subject: subj})
+		_, errs["History"] = q.History(ctx, quota.HistoryQuery{Subject: subj})
 		return errs
 	}
 
