@@ -62,60 +62,25 @@ type Point struct {
 
 // Series sums the ledger over time: the usage of one subject or of all,
 // of one action or of all, in buckets of a calendar period in a time zone.
-// Stores compute the sums (SQL stores in SQL, with their indexes); points
-// come ordered by Start, then Action.
+// Stores that are a Summer compute the sums (SQL stores in SQL, with
+// their indexes); points come ordered by Start, then Action.
 func (q *Quota) Series(ctx context.Context, sq SeriesQuery) ([]Point, error) {
 	if err := q.begin(ctx); err != nil {
 		return nil, errorf("series: %w", err)
 	}
-	if err := q.checkFilter(sq.Subject, sq.Action); err != nil {
+	if err := q.checkSeries(&sq); err != nil {
 		return nil, errorf("series: %w", err)
 	}
-	if sq.Step == PeriodNone {
-		sq.Step = PeriodDay
-	}
-	if sq.Step > PeriodMonth {
-		return nil, errorf("series: step %v: want hour, day, week or month", sq.Step)
-	}
-	if sq.Last < 0 || sq.Last > MaxSeriesBuckets || (sq.Last > 0 && !sq.From.IsZero()) {
-		return nil, errorf("series: Last %d: want 0 to %d, with a zero From", sq.Last, MaxSeriesBuckets)
-	}
-	if sq.To.IsZero() || (sq.Last == 0 && (sq.From.IsZero() || !sq.From.Before(sq.To))) {
-		return nil, errorf("series: want From before To, got [%v, %v)", sq.From, sq.To)
-	}
-	for _, a := range sq.Actions {
-		if err := checkName(a, ErrInvalidAction); err != nil {
-			return nil, errorf("series: %w", err)
-		}
-	}
-	planned := sq.Actions // the actions to fill with zeros
-	zone := sq.TimeZone
-	if sq.Subject != "" && (zone == "" || (sq.Actions == nil && sq.Dense && sq.ByAction)) {
-		s, err := q.resolve(ctx, sq.Subject, q.now())
-		switch {
-		case err == nil:
-			if planned == nil {
-				planned = s.actions()
-			}
-			if zone == "" {
-				zone = s.sub.TimeZone
-			}
-		case errors.Is(err, ErrNoSubscription):
-			// A subject without a subscription may still have records.
-		default:
-			return nil, errorf("series %q: %w", sq.Subject, err)
-		}
+	zone, planned, err := q.seriesZone(ctx, &sq)
+	if err != nil {
+		return nil, errorf("series %q: %w", sq.Subject, err)
 	}
 	loc, err := q.location(zone)
 	if err != nil {
 		return nil, errorf("series: %w", err)
 	}
 	if sq.Last > 0 {
-		anchor := calendarAnchor(loc)
-		sq.From, sq.To = window(sq.Step, sq.To, anchor, loc)
-		for range sq.Last - 1 {
-			sq.From, _ = window(sq.Step, sq.From.Add(-time.Nanosecond), anchor, loc)
-		}
+		sq.From, sq.To = lastBuckets(sq.Step, sq.To, sq.Last, loc)
 	}
 	bounds, err := seriesBounds(sq.Step, sq.From, sq.To, loc)
 	if err != nil {
@@ -125,48 +90,104 @@ func (q *Quota) Series(ctx context.Context, sq SeriesQuery) ([]Point, error) {
 	if err != nil {
 		return nil, errorf("series: %w", err)
 	}
-	type cell struct {
-		bucket int
-		action string
+	points, err := seriesPoints(&sq, bounds, sums, planned)
+	if err != nil {
+		return nil, errorf("series: %w", err)
 	}
-	got := make(map[cell]Sum, len(sums))
+	return points, nil
+}
+
+// checkSeries validates sq and fills in its defaults.
+func (q *Quota) checkSeries(sq *SeriesQuery) error {
+	if err := q.checkFilter(sq.Subject, sq.Action); err != nil {
+		return err
+	}
+	if sq.Step == PeriodNone {
+		sq.Step = PeriodDay
+	}
+	if sq.Step > PeriodMonth {
+		return fmt.Errorf("step %v: want hour, day, week or month", sq.Step)
+	}
+	if sq.Last < 0 || sq.Last > MaxSeriesBuckets || (sq.Last > 0 && !sq.From.IsZero()) {
+		return fmt.Errorf("Last %d: want 0 to %d, with a zero From", sq.Last, MaxSeriesBuckets)
+	}
+	if sq.To.IsZero() || (sq.Last == 0 && (sq.From.IsZero() || !sq.From.Before(sq.To))) {
+		return fmt.Errorf("want From before To, got [%v, %v)", sq.From, sq.To)
+	}
+	for _, a := range sq.Actions {
+		if err := checkName(a, ErrInvalidAction); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// seriesZone returns the zone of sq's buckets and the actions to fill
+// with zeros, reading the subject's subscription only for what sq does
+// not say.
+func (q *Quota) seriesZone(ctx context.Context, sq *SeriesQuery) (zone string, planned []string, err error) {
+	zone, planned = sq.TimeZone, sq.Actions
+	if sq.Subject == "" || (zone != "" && (planned != nil || !sq.Dense || !sq.ByAction)) {
+		return zone, planned, nil
+	}
+	s, err := q.resolve(ctx, sq.Subject, q.now())
+	switch {
+	case err == nil:
+		if planned == nil {
+			planned = s.actions()
+		}
+		if zone == "" {
+			zone = s.sub.TimeZone
+		}
+	case errors.Is(err, ErrNoSubscription):
+		// A subject without a subscription may still have records.
+	default:
+		return "", nil, err
+	}
+	return zone, planned, nil
+}
+
+// lastBuckets returns the range of the last n windows of step in loc that
+// end with the one holding to.
+func lastBuckets(step Period, to time.Time, n int, loc *time.Location) (time.Time, time.Time) {
+	anchor := calendarAnchor(loc)
+	from, end := window(step, to, anchor, loc)
+	for range n - 1 {
+		from, _ = window(step, from.Add(-time.Nanosecond), anchor, loc)
+	}
+	return from, end
+}
+
+// seriesCell is one bucket (and action) of a series.
+type seriesCell struct {
+	bucket int
+	action string
+}
+
+// seriesPoints turns the sums of the buckets between bounds into points,
+// filling empty buckets with zeros under sq.Dense.
+func seriesPoints(sq *SeriesQuery, bounds []time.Time, sums []Sum, planned []string) ([]Point, error) {
+	got := make(map[seriesCell]Sum, len(sums))
 	actions := map[string]bool{}
 	for _, s := range sums {
 		if s.Bucket < 0 || s.Bucket >= len(bounds)-1 {
-			return nil, errorf("series: store returned bucket %d of %d", s.Bucket, len(bounds)-1)
+			return nil, fmt.Errorf("store returned bucket %d of %d", s.Bucket, len(bounds)-1)
 		}
 		if !sq.ByAction {
 			s.Action = ""
 		}
-		c := cell{s.Bucket, s.Action}
+		c := seriesCell{s.Bucket, s.Action}
 		prev := got[c]
 		prev.Amount += s.Amount
 		prev.Count += s.Count
 		got[c] = prev
 		actions[s.Action] = true
 	}
-	if sq.Dense && sq.ByAction {
-		switch {
-		case sq.Action != "":
-			actions[sq.Action] = true
-		default:
-			for _, a := range planned {
-				actions[a] = true
-			}
-		}
-	}
-	names := make([]string, 0, len(actions))
-	for a := range actions {
-		names = append(names, a)
-	}
-	sort.Strings(names)
-	if !sq.ByAction {
-		names = []string{""}
-	}
+	names := seriesActions(sq, actions, planned)
 	var points []Point
 	for b := 0; b < len(bounds)-1; b++ {
 		for _, a := range names {
-			s, ok := got[cell{b, a}]
+			s, ok := got[seriesCell{b, a}]
 			if !ok && !sq.Dense {
 				continue
 			}
@@ -174,6 +195,30 @@ func (q *Quota) Series(ctx context.Context, sq SeriesQuery) ([]Point, error) {
 		}
 	}
 	return points, nil
+}
+
+// seriesActions returns the actions of a series' points, sorted: those
+// with usage and, under Dense, those to fill with zeros; one "" without
+// ByAction.
+func seriesActions(sq *SeriesQuery, used map[string]bool, planned []string) []string {
+	if !sq.ByAction {
+		return []string{""}
+	}
+	if sq.Dense {
+		if sq.Action != "" {
+			used[sq.Action] = true
+		} else {
+			for _, a := range planned {
+				used[a] = true
+			}
+		}
+	}
+	names := make([]string, 0, len(used))
+	for a := range used {
+		names = append(names, a)
+	}
+	sort.Strings(names)
+	return names
 }
 
 // calendarAnchor is the anchor of calendar months and weeks in loc: the
@@ -192,7 +237,7 @@ func seriesBounds(step Period, from, to time.Time, loc *time.Location) ([]time.T
 		if !end.Before(to) {
 			break
 		}
-		if len(bounds) > MaxSeriesBuckets {
+		if len(bounds) >= MaxSeriesBuckets { // and to: one more bucket
 			return nil, fmt.Errorf("more than %d buckets of a %s", MaxSeriesBuckets, step)
 		}
 		bounds = append(bounds, end)

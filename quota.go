@@ -257,6 +257,40 @@ func (q *Quota) prepare(ctx context.Context, u Use, m mode, p *prepared, buf []C
 	if err := q.begin(ctx); err != nil {
 		return err
 	}
+	if err := validateUse(&u, m); err != nil {
+		return err
+	}
+	p.u = u
+	if u.Metadata != nil {
+		b, err := encodeMetadata(u.Metadata)
+		if err != nil {
+			return err
+		}
+		p.meta = b
+	}
+	p.now = q.now()
+	sub, err := q.resolve(ctx, u.Subject, p.now)
+	if err != nil {
+		return err
+	}
+	p.sub = sub
+	p.limits = sub.limits(u.Action)
+	if &p.limits[0] == &blocked[0] && !q.actions[u.Action] {
+		return fmt.Errorf("%q: %w", u.Action, ErrUnknownAction)
+	}
+	if u.Amount < 0 && !p.limits[0].IsAllocation() {
+		return fmt.Errorf("%w: %d: %q has no allocation limit to release", ErrInvalidAmount, u.Amount, u.Action)
+	}
+	if u.UpToCap {
+		p.u.Amount = upToCap(p.u.Amount, p.limits)
+	}
+	p.missing = missingFeature(sub.plan, u.Features)
+	p.counters = sub.appendCounters(buf, u.Action, p.limits, p.now)
+	return nil
+}
+
+// validateUse checks the names and the amount of u, for mode m.
+func validateUse(u *Use, m mode) error {
 	if err := checkName(u.Subject, ErrInvalidSubject); err != nil {
 		return err
 	}
@@ -286,45 +320,40 @@ func (q *Quota) prepare(ctx context.Context, u Use, m mode, p *prepared, buf []C
 	case u.Amount < 0 && m == modeReserve:
 		return fmt.Errorf("%w: cannot reserve a negative amount", ErrInvalidAmount)
 	}
-	p.u = u
-	if u.Metadata != nil {
-		b, err := json.Marshal(u.Metadata)
-		if err != nil {
-			return fmt.Errorf("%w: %v", ErrInvalidMetadata, err)
-		}
-		if len(b) > MaxMetadataLen {
-			return fmt.Errorf("%w: %d bytes encoded, more than %d", ErrInvalidMetadata, len(b), MaxMetadataLen)
-		}
-		p.meta = b
-	}
-	p.now = q.now()
-	sub, err := q.resolve(ctx, u.Subject, p.now)
-	if err != nil {
-		return err
-	}
-	p.sub = sub
-	p.limits = sub.limits(u.Action)
-	if &p.limits[0] == &blocked[0] && !q.actions[u.Action] {
-		return fmt.Errorf("%q: %w", u.Action, ErrUnknownAction)
-	}
-	if u.Amount < 0 && !p.limits[0].IsAllocation() {
-		return fmt.Errorf("%w: %d: %q has no allocation limit to release", ErrInvalidAmount, u.Amount, u.Action)
-	}
-	if u.UpToCap {
-		for _, l := range p.limits {
-			if l.MaxPerUse > 0 && l.MaxPerUse < p.u.Amount {
-				p.u.Amount = l.MaxPerUse
-			}
-		}
-	}
-	for _, f := range u.Features {
-		if !sub.plan.HasFeature(f) {
-			p.missing = f
-			break
-		}
-	}
-	p.counters = sub.appendCounters(buf, u.Action, p.limits, p.now)
 	return nil
+}
+
+// encodeMetadata encodes a use's metadata as JSON.
+func encodeMetadata(md map[string]any) ([]byte, error) {
+	b, err := json.Marshal(md)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidMetadata, err)
+	}
+	if len(b) > MaxMetadataLen {
+		return nil, fmt.Errorf("%w: %d bytes encoded, more than %d", ErrInvalidMetadata, len(b), MaxMetadataLen)
+	}
+	return b, nil
+}
+
+// upToCap returns amount, lowered to the smallest per-use cap of limits.
+func upToCap(amount int64, limits []Limit) int64 {
+	for _, l := range limits {
+		if l.MaxPerUse > 0 && l.MaxPerUse < amount {
+			amount = l.MaxPerUse
+		}
+	}
+	return amount
+}
+
+// missingFeature returns the first of features that p does not grant, or
+// "".
+func missingFeature(p *Plan, features []string) string {
+	for _, f := range features {
+		if !p.HasFeature(f) {
+			return f
+		}
+	}
+	return ""
 }
 
 // fingerprint identifies the payload of a keyed use.

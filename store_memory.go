@@ -109,32 +109,11 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 	}
 	defer s.mu.Unlock()
 
-	r := op.Record
-	if r.Key != "" {
-		if o, ok := s.keys[memKey{r.Subject, r.Key}]; ok {
-			if o.fingerprint != op.Fingerprint {
-				return ApplyResult{}, ErrIdempotencyConflict
-			}
-			return ApplyResult{Applied: true, Replayed: true, Counters: append([]Counter(nil), o.counters...), RecordID: o.recordID, HoldID: o.holdID, HoldExpiresAt: o.holdExpires}, nil
-		}
+	if res, ok, err := s.replay(op); ok || err != nil {
+		return res, err
 	}
-
-	a := r.Amount
 	var csBuf [4]*memCounter
-	cs := csBuf[:0]
-	out := make([]Counter, len(op.Counters))
-	for i, co := range op.Counters {
-		c := s.counters[co.CounterKey]
-		var used, held int64
-		if c != nil {
-			used, held = c.used, c.held(op.Now, s, true)
-		}
-		cs = append(cs, c)
-		out[i] = Counter{CounterKey: co.CounterKey, End: co.End, Used: used, Held: held}
-		if c != nil {
-			out[i].Max = c.limit
-		}
-	}
+	cs, out := s.read(op, csBuf[:0])
 	refused, err := Admit(op, out)
 	if err != nil {
 		return ApplyResult{}, err
@@ -142,8 +121,57 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 	if refused {
 		return ApplyResult{Counters: out}, nil
 	}
-
 	res := ApplyResult{Applied: true, Counters: out}
+	s.charge(op, cs, &res)
+	res.Crossed = mark(op, cs, out)
+	if r := &op.Record; r.Key != "" {
+		s.keys[memKey{r.Subject, r.Key}] = &memOutcome{
+			fingerprint: op.Fingerprint,
+			counters:    append([]Counter(nil), out...),
+			recordID:    res.RecordID,
+			holdID:      res.HoldID,
+			holdExpires: res.HoldExpiresAt,
+		}
+	}
+	return res, nil
+}
+
+// replay returns the first outcome of op's key, if it has one.
+func (s *MemoryStore) replay(op *Op) (ApplyResult, bool, error) {
+	r := &op.Record
+	if r.Key == "" {
+		return ApplyResult{}, false, nil
+	}
+	o, ok := s.keys[memKey{r.Subject, r.Key}]
+	if !ok {
+		return ApplyResult{}, false, nil
+	}
+	if o.fingerprint != op.Fingerprint {
+		return ApplyResult{}, false, ErrIdempotencyConflict
+	}
+	return ApplyResult{Applied: true, Replayed: true, Counters: append([]Counter(nil), o.counters...), RecordID: o.recordID, HoldID: o.holdID, HoldExpiresAt: o.holdExpires}, true, nil
+}
+
+// read returns op's counters (nil for those never written) appended to
+// cs, and their figures as they stand.
+func (s *MemoryStore) read(op *Op, cs []*memCounter) ([]*memCounter, []Counter) {
+	out := make([]Counter, len(op.Counters))
+	for i, co := range op.Counters {
+		c := s.counters[co.CounterKey]
+		cs = append(cs, c)
+		out[i] = Counter{CounterKey: co.CounterKey, End: co.End}
+		if c != nil {
+			out[i].Used, out[i].Held, out[i].Max = c.used, c.held(op.Now, s, true), c.limit
+		}
+	}
+	return cs, out
+}
+
+// charge applies an admitted op: a hold on every counter, or its amount
+// added to every counter and its record appended. It creates the
+// counters never written, and updates res and res.Counters.
+func (s *MemoryStore) charge(op *Op, cs []*memCounter, res *ApplyResult) {
+	r, a, out := op.Record, op.Record.Amount, res.Counters
 	var h *memHold
 	if op.Hold != nil {
 		h = &memHold{id: op.Hold.ID, expires: op.Hold.ExpiresAt, amount: a, record: r}
@@ -178,25 +206,22 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 		s.records.append(&r, cs[0].subject, cs[0].action)
 		res.RecordID = r.ID
 	}
+}
+
+// mark sets the marks of op's counters that out, the counters after the
+// use, reach first, and returns them.
+func mark(op *Op, cs []*memCounter, out []Counter) []Crossing {
+	var crossed []Crossing
 	for i, co := range op.Counters {
 		cur := out[i].Used + out[i].Held
-		for l, m := range co.Marks {
-			if bit := uint16(1) << l; l < MaxMarks && m > 0 && m <= cur && cs[i].marked&bit == 0 {
+		for m, v := range co.Marks {
+			if bit := uint16(1) << m; m < MaxMarks && v > 0 && v <= cur && cs[i].marked&bit == 0 {
 				cs[i].marked |= bit
-				res.Crossed = append(res.Crossed, Crossing{Counter: i, Mark: l})
+				crossed = append(crossed, Crossing{Counter: i, Mark: m})
 			}
 		}
 	}
-	if r.Key != "" {
-		s.keys[memKey{r.Subject, r.Key}] = &memOutcome{
-			fingerprint: op.Fingerprint,
-			counters:    append([]Counter(nil), out...),
-			recordID:    res.RecordID,
-			holdID:      res.HoldID,
-			holdExpires: res.HoldExpiresAt,
-		}
-	}
-	return res, nil
+	return crossed
 }
 
 // Commit implements Store.
