@@ -42,7 +42,8 @@ var (
 	ErrInvalidAmount = errors.New("quota: invalid amount")
 
 	// ErrInvalidMetadata reports metadata that cannot be encoded as a JSON
-	// object or whose encoding is larger than MaxMetadataLen bytes.
+	// object, that holds text (a key or a value) that is not valid UTF-8,
+	// or whose encoding is larger than MaxMetadataLen bytes.
 	ErrInvalidMetadata = errors.New("quota: invalid metadata")
 
 	// ErrInvalidPlan reports an invalid plan or catalog (see PlanError).

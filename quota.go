@@ -8,10 +8,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 // Checker answers whether a use would be allowed now. It never writes.
@@ -88,7 +91,8 @@ type Use struct {
 	// ResourceID optionally names what was used: a diagram's id.
 	ResourceID string
 	// Metadata is kept with the record. It must encode as a JSON object
-	// of at most MaxMetadataLen bytes.
+	// of at most MaxMetadataLen bytes, and its text must be valid UTF-8:
+	// it is kept as given, never rewritten.
 	Metadata map[string]any
 	// Key is an optional idempotency key, unique per subject: a use
 	// repeated with the same key and payload counts once and returns the
@@ -323,7 +327,9 @@ func validateUse(u *Use, m mode) error {
 	return nil
 }
 
-// encodeMetadata encodes a use's metadata as JSON.
+// encodeMetadata encodes a use's metadata as JSON. Text that is not valid
+// UTF-8, which encoding/json would silently replace with U+FFFD (so that
+// two payloads became one), is refused instead.
 func encodeMetadata(md map[string]any) ([]byte, error) {
 	b, err := json.Marshal(md)
 	if err != nil {
@@ -332,7 +338,71 @@ func encodeMetadata(md map[string]any) ([]byte, error) {
 	if len(b) > MaxMetadataLen {
 		return nil, fmt.Errorf("%w: %d bytes encoded, more than %d", ErrInvalidMetadata, len(b), MaxMetadataLen)
 	}
+	// Marshal succeeded, so the value has no cycle for the walk to loop
+	// on; what a json.Marshaler writes is checked in the output.
+	if path, ok := validUTF8(reflect.ValueOf(md), "", 0); !ok {
+		return nil, fmt.Errorf("%w: invalid UTF-8 in %s", ErrInvalidMetadata, path)
+	}
+	if !utf8.Valid(b) {
+		return nil, fmt.Errorf("%w: invalid UTF-8 in the encoding", ErrInvalidMetadata)
+	}
 	return b, nil
+}
+
+// validUTF8 reports whether every string in v (map keys included) is
+// valid UTF-8, and otherwise the path of the first that is not.
+func validUTF8(v reflect.Value, path string, depth int) (string, bool) {
+	if depth > 256 || !v.IsValid() {
+		return "", true
+	}
+	switch v.Kind() {
+	case reflect.String:
+		if !utf8.ValidString(v.String()) {
+			return cmpPath(path), false
+		}
+	case reflect.Interface, reflect.Pointer:
+		if !v.IsNil() {
+			return validUTF8(v.Elem(), path, depth+1)
+		}
+	case reflect.Map:
+		iter := v.MapRange()
+		for iter.Next() {
+			k := iter.Key()
+			if k.Kind() == reflect.String && !utf8.ValidString(k.String()) {
+				return cmpPath(path) + " (a key)", false
+			}
+			if p, ok := validUTF8(iter.Value(), path+"["+fmt.Sprint(k.Interface())+"]", depth+1); !ok {
+				return p, false
+			}
+		}
+	case reflect.Slice, reflect.Array:
+		if v.Type().Elem().Kind() == reflect.Uint8 {
+			return "", true // []byte encodes as base64
+		}
+		for i := range v.Len() {
+			if p, ok := validUTF8(v.Index(i), path+"["+strconv.Itoa(i)+"]", depth+1); !ok {
+				return p, false
+			}
+		}
+	case reflect.Struct:
+		t := v.Type()
+		for i := range t.NumField() {
+			if f := t.Field(i); f.IsExported() && f.Tag.Get("json") != "-" {
+				if p, ok := validUTF8(v.Field(i), path+"."+f.Name, depth+1); !ok {
+					return p, false
+				}
+			}
+		}
+	}
+	return "", true
+}
+
+// cmpPath names the metadata itself for an empty path.
+func cmpPath(path string) string {
+	if path == "" {
+		return "the metadata"
+	}
+	return "metadata" + path
 }
 
 // upToCap returns amount, lowered to the smallest per-use cap of limits.

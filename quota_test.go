@@ -2,7 +2,9 @@ package quota_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -664,5 +666,40 @@ func allRecords(ctx context.Context, q *quota.Quota, subject, action string) ([]
 			return out, nil
 		}
 		cursor = p.Next
+	}
+}
+
+// TestMetadataInvalidUTF8 checks that metadata holding text that is not
+// valid UTF-8, in a value or a key, is refused with ErrInvalidMetadata and
+// writes nothing, instead of being rewritten (two payloads becoming one).
+func TestMetadataInvalidUTF8(t *testing.T) {
+	type payload struct{ Note string }
+	for _, md := range []map[string]any{
+		{"v": "a\xff"},
+		{"a\xfe": 1},
+		{"v": []any{"ok", map[string]any{"w": "b\xc3"}}},
+		{"v": map[string]string{"k\xff": "x"}},
+		{"v": payload{Note: "c\xff"}},
+		{"v": &payload{Note: "d\xff"}},
+		{"v": json.RawMessage("\"e\xff\"")},
+	} {
+		q, _ := newTestQuota(t, quota.Config{Plans: testPlans, DefaultPlan: "FREE"})
+		u := quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1, Key: "k", Metadata: md}
+		if _, err := q.Consume(t.Context(), u); !errors.Is(err, quota.ErrInvalidMetadata) {
+			t.Errorf("Consume(metadata %q) = %v; want ErrInvalidMetadata", fmt.Sprint(md), err)
+		}
+		if recs, err := allRecords(t.Context(), q, "u", ""); err != nil || len(recs) != 0 {
+			t.Errorf("after Consume(metadata %q): %d records, %v; want none", fmt.Sprint(md), len(recs), err)
+		}
+	}
+	// A valid payload, then the same key with other invalid bytes: a
+	// conflict would need the first payload; here the second is refused
+	// before it reaches the store.
+	q, _ := newTestQuota(t, quota.Config{Plans: testPlans, DefaultPlan: "FREE"})
+	if _, err := q.Consume(t.Context(), quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1, Key: "k", Metadata: map[string]any{"v": "a\uFFFD"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Consume(t.Context(), quota.Use{Subject: "u", Action: "diagram.upload", Amount: 1, Key: "k", Metadata: map[string]any{"v": "a\xfe"}}); !errors.Is(err, quota.ErrInvalidMetadata) {
+		t.Errorf("Consume(key k again, metadata a\\xfe) = %v; want ErrInvalidMetadata, not a replay", err)
 	}
 }
