@@ -237,3 +237,33 @@ func denyFeature(p *prepared) Decision {
 		Limits:  []LimitStatus{},
 	}
 }
+
+// replayed fills d with the first outcome of a replayed use: its counters,
+// in its windows, whatever the plan in force now (Plan names it).
+func (q *Quota) replayed(d *Decision, p *prepared, res *ApplyResult) {
+	*d = Decision{
+		Allowed:  true,
+		Replayed: true,
+		Subject:  p.u.Subject,
+		Action:   p.u.Action,
+		Plan:     p.sub.plan.Name,
+		Amount:   p.u.Amount,
+		RecordID: res.RecordID,
+		Limits:   make([]LimitStatus, len(res.Counters)),
+	}
+	best := 0
+	for i, c := range res.Counters {
+		l := Limit{Max: c.Max, Period: c.Period}
+		if i < len(p.limits) && p.limits[i].Period == c.Period && p.limits[i].Max == c.Max {
+			l.MaxPerUse = p.limits[i].MaxPerUse
+		}
+		co := CounterOp{CounterKey: c.CounterKey, End: c.End}
+		q.setStatus(&d.Limits[i], l, c.Used+c.Held, &co)
+		if d.Limits[i].Percent > d.Limits[best].Percent {
+			best = i
+		}
+	}
+	if len(d.Limits) > 0 {
+		d.LimitStatus = d.Limits[best]
+	}
+}

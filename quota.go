@@ -254,6 +254,8 @@ type prepared struct {
 	counters []CounterOp
 	now      time.Time
 	missing  string // a feature of u.Features that the plan lacks
+	// requested is the amount asked for, before Use.UpToCap.
+	requested int64
 }
 
 // prepare validates u into p, computing its counters into buf.
@@ -264,7 +266,7 @@ func (q *Quota) prepare(ctx context.Context, u Use, m mode, p *prepared, buf []C
 	if err := validateUse(&u, m); err != nil {
 		return err
 	}
-	p.u = u
+	p.u, p.requested = u, u.Amount
 	if u.Metadata != nil {
 		b, err := encodeMetadata(u.Metadata)
 		if err != nil {
@@ -286,6 +288,8 @@ func (q *Quota) prepare(ctx context.Context, u Use, m mode, p *prepared, buf []C
 		return fmt.Errorf("%w: %d: %q has no allocation limit to release", ErrInvalidAmount, u.Amount, u.Action)
 	}
 	if u.UpToCap {
+		// The fingerprint keeps the amount asked for: a replay under a
+		// plan with another cap is still the same use.
 		p.u.Amount = upToCap(p.u.Amount, p.limits)
 	}
 	p.missing = missingFeature(sub.plan, u.Features)
@@ -435,7 +439,7 @@ func (p *prepared) fingerprint(m mode) string {
 		h.Write(n[:])
 		h.Write([]byte(s))
 	}
-	binary.BigEndian.PutUint64(n[:], uint64(p.u.Amount))
+	binary.BigEndian.PutUint64(n[:], uint64(p.requested))
 	h.Write(n[:])
 	return hex.EncodeToString(h.Sum(nil))
 }
@@ -526,19 +530,30 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (*Hol
 	if err := q.prepare(ctx, u, m, &p, b.counters[:0]); err != nil {
 		return nil, errorf("%s: %w", modeNames[m], err)
 	}
-	if m != modeTrack && p.missing != "" {
+	// A use that policy refuses before the counters (a feature the plan
+	// lacks, a per-use cap) still goes to the store when it has a key: a
+	// replay returns the first outcome whatever the plan is now. With
+	// every Max at 0, the store refuses it otherwise, and returns the
+	// counters for the denial's figures.
+	refusal := ReasonNone
+	capIndex := -1
+	if m != modeTrack {
+		switch {
+		case p.missing != "":
+			refusal = ReasonFeature
+		case p.u.Amount > 0:
+			if capIndex = p.perUseExceeded(); capIndex >= 0 {
+				refusal = ReasonPerUse
+			}
+		}
+	}
+	if refusal == ReasonFeature && (u.Key == "" || p.u.Amount < 0) {
 		*d = denyFeature(&p)
 		return nil, nil
 	}
-	if m != modeTrack && p.u.Amount > 0 {
-		if i := p.perUseExceeded(); i >= 0 {
-			cs, err := q.readCounters(ctx, &p)
-			if err != nil {
-				return nil, errorf("%s %q %q: %w", modeNames[m], u.Subject, u.Action, err)
-			}
-			q.decide(d, &p, cs, false)
-			*d = denyPerUse(*d, i)
-			return nil, nil
+	if refusal != ReasonNone {
+		for i := range p.counters {
+			p.counters[i].Max = 0
 		}
 	}
 	op := &b.op
@@ -569,21 +584,28 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (*Hol
 		}
 		return nil, errorf("%s %q %q: %w", modeNames[m], u.Subject, u.Action, err)
 	}
-	if len(res.Counters) != len(p.counters) {
-		return nil, errorf("%s %q %q: store returned %d counters for %d", modeNames[m], u.Subject, u.Action, len(res.Counters), len(p.counters))
-	}
 	if res.Replayed {
-		// The first use's figures, in the first use's windows.
-		for i := range p.counters {
-			p.counters[i].Start, p.counters[i].End = res.Counters[i].Start, res.Counters[i].End
-		}
-		q.decide(d, &p, res.Counters, false)
-		d.Replayed, d.RecordID = true, res.RecordID
+		q.replayed(d, &p, &res)
 		var h *Hold
 		if res.HoldID != "" {
 			h = &Hold{ID: res.HoldID, ExpiresAt: res.HoldExpiresAt}
 		}
 		return h, nil
+	}
+	if len(res.Counters) != len(p.counters) {
+		return nil, errorf("%s %q %q: store returned %d counters for %d", modeNames[m], u.Subject, u.Action, len(res.Counters), len(p.counters))
+	}
+	switch {
+	case refusal == ReasonFeature:
+		*d = denyFeature(&p)
+		return nil, nil
+	case refusal == ReasonPerUse:
+		for i := range p.counters {
+			p.counters[i].Max = p.limits[i].Max
+		}
+		q.decide(d, &p, res.Counters, false)
+		*d = denyPerUse(*d, capIndex)
+		return nil, nil
 	}
 	if !res.Applied {
 		q.decide(d, &p, res.Counters, true)

@@ -80,6 +80,7 @@ var cases = []struct {
 	{"ConsumeVariableAmounts", testConsumeVariableAmounts},
 	{"TwoLimitsConcurrency", testTwoLimits},
 	{"Idempotency", testIdempotency},
+	{"ReplayAfterPlanChange", testReplayAfterPlanChange},
 	{"Reservations", testReservations},
 	{"Allocations", testAllocations},
 	{"Track", testTrack},
