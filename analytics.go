@@ -109,7 +109,7 @@ func (q *Quota) checkSeries(sq *SeriesQuery) error {
 		return fmt.Errorf("step %v: want hour, day, week or month", sq.Step)
 	}
 	if sq.Last < 0 || sq.Last > MaxSeriesBuckets || (sq.Last > 0 && !sq.From.IsZero()) {
-		return fmt.Errorf("Last %d: want 0 to %d, with a zero From", sq.Last, MaxSeriesBuckets)
+		return fmt.Errorf("last %d buckets: want 0 to %d, with a zero From", sq.Last, MaxSeriesBuckets)
 	}
 	if sq.To.IsZero() || (sq.Last == 0 && (sq.From.IsZero() || !sq.From.Before(sq.To))) {
 		return fmt.Errorf("want From before To, got [%v, %v)", sq.From, sq.To)
@@ -329,8 +329,8 @@ func (q *Quota) eachRecord(ctx context.Context, rq RecordQuery, f func(*Record))
 // sums is Summer.Sums, by the store when it is a Summer, else from its
 // records.
 func (q *Quota) sums(ctx context.Context, sq SumQuery) ([]Sum, error) {
-	if s, ok := q.store.(Summer); ok {
-		return s.Sums(ctx, sq)
+	if sums, ok, err := q.store.sums(ctx, sq); ok {
+		return sums, err
 	}
 	type cell struct {
 		bucket int
@@ -371,8 +371,8 @@ func (q *Quota) sums(ctx context.Context, sq SumQuery) ([]Sum, error) {
 // top is Ranker.Top, by the store when it is a Ranker, else from its
 // records.
 func (q *Quota) top(ctx context.Context, tq TopQuery) ([]SubjectTotal, error) {
-	if r, ok := q.store.(Ranker); ok {
-		return r.Top(ctx, tq)
+	if top, ok, err := q.store.top(ctx, tq); ok {
+		return top, err
 	}
 	got := map[string]*SubjectTotal{}
 	err := q.eachRecord(ctx, RecordQuery{Action: tq.Action, From: tq.From, To: tq.To}, func(r *Record) {

@@ -87,6 +87,13 @@ var (
 	// denial returned by Decision.Err. Consume, Reserve and Check never
 	// return it themselves: a denial is a Decision, not an error.
 	ErrExceeded = errors.New("quota: limit exceeded")
+
+	// ErrStoreUnavailable reports a failure of the store itself: a
+	// database that does not answer, a connection lost, a statement that
+	// failed, a call past Config.StoreTimeout. The error wraps the cause.
+	// The store's answers (ErrReservationNotFound, ErrIdempotencyConflict,
+	// ...), ErrClosed and the caller's own cancellation do not match it.
+	ErrStoreUnavailable = errors.New("quota: store unavailable")
 )
 
 // MaxNameLen is the longest subject, action, plan, feature, resource id or

@@ -74,6 +74,14 @@ type Config struct {
 	// then. Default DefaultNotifyTimeout.
 	NotifyTimeout time.Duration
 
+	// StoreTimeout bounds each call of the Quota to its store: past it
+	// the call fails with an error matching ErrStoreUnavailable (and
+	// context.DeadlineExceeded). A context that ends sooner bounds the
+	// call instead. Negative: no bound but the context's. MemoryStore's
+	// calls, which never wait on I/O, are not bounded. Default
+	// DefaultStoreTimeout.
+	StoreTimeout time.Duration
+
 	// OnError receives the errors Notify returns and its panics.
 	// Default: logged with slog.Default at level Error.
 	OnError func(error)
@@ -113,7 +121,7 @@ type Use struct {
 // Quota enforces a catalog of plans over a Store. It is safe for concurrent
 // use. Build one with New.
 type Quota struct {
-	store   Store
+	store   guardedStore
 	plans   map[string]*Plan
 	actions map[string]bool
 	def     string
@@ -143,7 +151,7 @@ func New(store Store, cfg Config) (*Quota, error) {
 		return nil, err
 	}
 	q := &Quota{
-		store:   store,
+		store:   newGuardedStore(store, cfg.StoreTimeout),
 		plans:   plans,
 		actions: make(map[string]bool),
 		def:     cfg.DefaultPlan,

@@ -703,3 +703,54 @@ func TestMetadataInvalidUTF8(t *testing.T) {
 		t.Errorf("Consume(key k again, metadata a\\xfe) = %v; want ErrInvalidMetadata, not a replay", err)
 	}
 }
+
+// brokenStore fails GetSubscription and Commit with err.
+type brokenStore struct {
+	quota.Store
+	err error
+}
+
+func (s brokenStore) GetSubscription(context.Context, string) (quota.Subscription, error) {
+	return quota.Subscription{}, s.err
+}
+
+func (s brokenStore) Commit(context.Context, string, int64, time.Time) (quota.Record, error) {
+	return quota.Record{}, s.err
+}
+
+// TestStoreUnavailable checks which store errors the Quota reports as
+// ErrStoreUnavailable: failures of the store, not its answers, nor the
+// caller's own cancellation.
+func TestStoreUnavailable(t *testing.T) {
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tc := range []struct {
+		name        string
+		err         error
+		ctx         context.Context
+		unavailable bool
+	}{
+		{"a driver error", errors.New("read tcp 127.0.0.1:5432: connection reset by peer"), t.Context(), true},
+		{"a timeout of the store", context.DeadlineExceeded, t.Context(), true},
+		{"no subscription", quota.ErrNoSubscription, t.Context(), false},
+		{"a closed store", quota.ErrClosed, t.Context(), false},
+		{"the caller's cancellation", context.Canceled, cancelled, false},
+	} {
+		st := brokenStore{Store: quota.NewMemoryStore(), err: tc.err}
+		q, err := quota.New(st, quota.Config{Plans: testPlans})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = q.Usage(tc.ctx, "u")
+		if !errors.Is(err, tc.err) {
+			t.Errorf("%s: Usage = %v; want an error matching %v", tc.name, err, tc.err)
+		}
+		if got := errors.Is(err, quota.ErrStoreUnavailable); got != tc.unavailable {
+			t.Errorf("%s: Usage = %v; matches ErrStoreUnavailable: %t, want %t", tc.name, err, got, tc.unavailable)
+		}
+		_, err = q.CommitReservation(tc.ctx, "h", 1)
+		if got := errors.Is(err, quota.ErrStoreUnavailable); got != tc.unavailable {
+			t.Errorf("%s: CommitReservation = %v; matches ErrStoreUnavailable: %t, want %t", tc.name, err, got, tc.unavailable)
+		}
+	}
+}

@@ -34,13 +34,12 @@ func (q *Quota) Prune(ctx context.Context, before time.Time, batch int) (int64, 
 	if batch < 0 {
 		return 0, errorf("prune: batch %d: want at least 1", batch)
 	}
-	p, ok := q.store.(Pruner)
-	if !ok {
-		return 0, errorf("prune: %w: the store is not a Pruner", errors.ErrUnsupported)
-	}
 	var total int64
 	for {
-		n, err := p.Prune(ctx, before.UTC(), batch)
+		n, ok, err := q.store.prune(ctx, before.UTC(), batch)
+		if !ok {
+			return 0, errorf("prune: %w: the store is not a Pruner", errors.ErrUnsupported)
+		}
 		total += n
 		if err != nil {
 			return total, errorf("prune: %w", err)
