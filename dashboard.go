@@ -5,13 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
-	"strings"
-	"time"
 )
 
 // MaxUsageDays is the largest number of days that UsageHandler serves a
@@ -37,31 +33,6 @@ type ActionSeries struct {
 	Points []Point `json:"points"`
 }
 
-// UsageHandlerOption configures UsageHandler. The functions named
-// Usage... return them; the zero configuration is described by each
-// option's default.
-type UsageHandlerOption func(*usageHandlerConfig)
-
-type usageHandlerConfig struct {
-	onError      func(*http.Request, error)
-	unauthorized http.Handler
-}
-
-// UsageErrorHook sets the function told of every error that UsageHandler
-// meets: store failures (answered 503) and a plan that the catalog no
-// longer defines (answered 403). Default: log them with slog.Default at
-// level Error.
-func UsageErrorHook(f func(*http.Request, error)) UsageHandlerOption {
-	return func(c *usageHandlerConfig) { c.onError = f }
-}
-
-// UsageUnauthorized sets the handler that answers when the subject
-// function fails or returns "" (to add a WWW-Authenticate field, or
-// redirect to a login page). Default: a 401 problem response.
-func UsageUnauthorized(h http.Handler) UsageHandlerOption {
-	return func(c *usageHandlerConfig) { c.unauthorized = h }
-}
-
 // UsageHandler returns a handler that serves the current subject's usage
 // as JSON, for a dashboard: q.Usage of the subject, its time zone and,
 // with the query ?days=N, its daily usage of every action over the last N
@@ -75,21 +46,23 @@ func UsageUnauthorized(h http.Handler) UsageHandlerOption {
 //
 //   - 405 to a method other than GET and HEAD, with Allow: GET, HEAD.
 //   - 401 when subject(r) fails, returns "" or returns a name that
-//     ValidateName refuses (or the UsageUnauthorized handler).
+//     ValidateName refuses (or the WithUnauthorized handler).
 //   - 400 when the query has a days parameter that is not one decimal
 //     integer from 1 to MaxUsageDays (366), without sign or leading zero,
 //     or has it more than once.
 //   - 403, type ProblemTypeNoSubscription, to a subject with no
 //     subscription while Config.DefaultPlan is empty, or whose plan the
 //     catalog no longer defines (also reported to the error hook).
-//   - 503 with Retry-After (DefaultUnavailableRetryAfter) to any other
-//     error of the engine or the store (ErrClosed, a cancelled request),
-//     reported to the error hook (UsageErrorHook, default slog).
+//   - 503 with Retry-After (WithUnavailableRetryAfter, default
+//     DefaultUnavailableRetryAfter) to any other error of the engine or
+//     the store (ErrClosed, a cancelled request), reported to the error
+//     hook (WithErrorHook, default slog).
 //   - 200 otherwise: Content-Type application/json, a UsageResponse. A
 //     HEAD request gets the same status and headers without the body.
 //
 // Every response has Cache-Control: no-store, and every response it
-// writes X-Content-Type-Options: nosniff and a Content-Length. The 200 body is one JSON object; its field names are stable.
+// writes X-Content-Type-Options: nosniff and a Content-Length. The 200
+// body is one JSON object; its field names are stable.
 // Times are RFC 3339 strings in UTC; amounts are integers in the unit of
 // the action (uses, bytes, seats). Its fields:
 //
@@ -145,14 +118,20 @@ func UsageUnauthorized(h http.Handler) UsageHandlerOption {
 //   - daily[].action (string): the action.
 //   - daily[].points (array): exactly N objects, one per calendar day in
 //     time_zone, oldest first, the last being the day that holds the
-//     report's instant (today, still running). A day lasts 23 or 25 hours when clocks
-//     change. Each has start (time, the day's local midnight), end (time,
+//     report's instant (today, still running). A day lasts 23 or 25
+//     hours when clocks change. Each has start (time, the day's local midnight), end (time,
 //     the next day's), amount (integer, the sum of the amounts recorded
 //     that day, in the action's unit; a release counts negative) and
 //     count (integer, the number of records); 0 and 0 for a day without
 //     usage.
 //
-// UsageHandler panics if q or subject is nil.
+// A request reads the subject's subscription once: q.Usage, then, for
+// ?days=N, q.Series over the report's actions and time zone.
+//
+// The options are the HTTPOption values that Middleware takes too
+// (WithErrorHook, WithUnauthorized, WithUnavailableRetryAfter); an
+// option of Middleware alone does not compile here. UsageHandler panics
+// if q or subject is nil, or if WithUnavailableRetryAfter is negative.
 func UsageHandler(q *Quota, subject func(*http.Request) (string, error), opts ...UsageHandlerOption) http.Handler {
 	if q == nil {
 		panic("quota: UsageHandler: nil *Quota")
@@ -163,14 +142,11 @@ func UsageHandler(q *Quota, subject func(*http.Request) (string, error), opts ..
 	h := &usageHandler{q: q, subject: subject}
 	for _, o := range opts {
 		if o != nil {
-			o(&h.cfg)
+			o.applyUsageHandler(&h.cfg)
 		}
 	}
-	if h.cfg.onError == nil {
-		h.cfg.onError = func(r *http.Request, err error) {
-			slog.ErrorContext(r.Context(), "quota usage handler", "method", r.Method, "path", r.URL.Path, "err", err)
-		}
-	}
+	h.cfg.validate("UsageHandler")
+	h.cfg.setDefaults("quota usage handler")
 	return h
 }
 
@@ -184,12 +160,7 @@ func (h *usageHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		writeProblem(w, &Problem{
-			Type:   "about:blank",
-			Title:  http.StatusText(http.StatusMethodNotAllowed),
-			Status: http.StatusMethodNotAllowed,
-			Detail: "Use GET or HEAD.",
-		})
+		writeProblem(w, statusProblem(http.StatusMethodNotAllowed, "Use GET or HEAD."))
 		return
 	}
 	subject, err := h.subject(r)
@@ -199,15 +170,10 @@ func (h *usageHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	days, ok := parseDays(r.URL.Query())
 	if !ok {
-		writeProblem(w, &Problem{
-			Type:   "about:blank",
-			Title:  http.StatusText(http.StatusBadRequest),
-			Status: http.StatusBadRequest,
-			Detail: fmt.Sprintf("days must be a whole number from 1 to %d.", MaxUsageDays),
-		})
+		writeProblem(w, statusProblem(http.StatusBadRequest, fmt.Sprintf("days must be a whole number from 1 to %d.", MaxUsageDays)))
 		return
 	}
-	res, err := h.q.usageResponse(r.Context(), subject, days)
+	res, err := h.response(r.Context(), subject, days)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -252,10 +218,12 @@ func parseDays(query url.Values) (int, bool) {
 	return n, n <= MaxUsageDays
 }
 
-// usageResponse builds the body of a 200 response: subject's report and,
-// if days > 0, its daily series of the last days.
-func (q *Quota) usageResponse(ctx context.Context, subject string, days int) (*UsageResponse, error) {
-	rep, err := q.Usage(ctx, subject)
+// response builds the body of a 200 response: subject's report and, if
+// days > 0, its daily series of the last days. The series is asked for
+// with the report's time zone and actions, so that the subscription is
+// read once.
+func (h *usageHandler) response(ctx context.Context, subject string, days int) (*UsageResponse, error) {
+	rep, err := h.q.Usage(ctx, subject)
 	if err != nil {
 		return nil, err
 	}
@@ -263,36 +231,30 @@ func (q *Quota) usageResponse(ctx context.Context, subject string, days int) (*U
 	if days == 0 {
 		return res, nil
 	}
-	loc, err := q.location(rep.TimeZone)
-	if err != nil {
-		return nil, err
+	actions := make([]string, len(rep.Actions)) // not nil, even if empty
+	for i, a := range rep.Actions {
+		actions[i] = a.Action
 	}
-	// The days are the engine's day windows, the last one holding the
-	// report's instant.
-	from, to := window(PeriodDay, rep.At, time.Time{}, loc)
-	for range days - 1 {
-		from, _ = window(PeriodDay, from.Add(-time.Nanosecond), time.Time{}, loc)
-	}
-	points, err := q.Series(ctx, SeriesQuery{
+	points, err := h.q.Series(ctx, SeriesQuery{
 		Subject:  subject,
-		From:     from,
-		To:       to,
+		To:       rep.At,
+		Last:     days,
 		Step:     PeriodDay,
 		TimeZone: rep.TimeZone,
+		Actions:  actions,
 		ByAction: true,
 		Dense:    true,
 	})
 	if err != nil {
 		return nil, err
 	}
-	res.Daily = dailySeries(points, rep.Actions)
+	res.Daily = dailySeries(points)
 	return res, nil
 }
 
-// dailySeries splits points, ordered by start then action, into one
-// series per action, and adds a series of zeros for every action of
-// actions that has none.
-func dailySeries(points []Point, actions []ActionUsage) []ActionSeries {
+// dailySeries splits points, dense and ordered by start then action,
+// into one series per action, in action order.
+func dailySeries(points []Point) []ActionSeries {
 	index := map[string]int{}
 	out := []ActionSeries{}
 	for _, p := range points {
@@ -305,30 +267,7 @@ func dailySeries(points []Point, actions []ActionUsage) []ActionSeries {
 		p.Action = ""
 		out[i].Points = append(out[i].Points, p)
 	}
-	if len(out) == 0 {
-		return out // no bucket bounds to copy
-	}
-	added := false
-	for _, au := range actions {
-		if _, ok := index[au.Action]; ok {
-			continue
-		}
-		zeros := make([]Point, len(out[0].Points))
-		for j, p := range out[0].Points {
-			zeros[j] = Point{Start: p.Start, End: p.End}
-		}
-		index[au.Action] = len(out)
-		out = append(out, ActionSeries{Action: au.Action, Points: zeros})
-		added = true
-	}
-	if added {
-		sortSeries(out)
-	}
 	return out
-}
-
-func sortSeries(s []ActionSeries) {
-	slices.SortFunc(s, func(a, b ActionSeries) int { return strings.Compare(a.Action, b.Action) })
 }
 
 func (h *usageHandler) unauthorized(w http.ResponseWriter, r *http.Request) {
@@ -341,7 +280,7 @@ func (h *usageHandler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		h.unauthorized(w, r)
 		return
 	}
-	writeFailure(w, r, err, h.cfg.onError, DefaultUnavailableRetryAfter,
+	writeFailure(w, r, err, &h.cfg.httpConfig,
 		"You have no plan.",
 		"Usage is not available right now; try again later.")
 }

@@ -175,8 +175,15 @@ func TestUsageHandlerDaily(t *testing.T) {
 		t.Errorf("29 March lasts %v; want 23h (summer time)", d.End.Sub(d.Start))
 	}
 
+	checkDailySpans(t, h, day)
+}
+
+// checkDailySpans checks that h serves no series without ?days, and as
+// many days as asked for, ending today in Paris, otherwise.
+func checkDailySpans(t *testing.T, h http.Handler, day func(int) time.Time) {
+	t.Helper()
 	// Without days there is no series; with 1 or 366, as many points.
-	w = dashGet(h, "GET", "/me/usage", "acme")
+	w := dashGet(h, "GET", "/me/usage", "acme")
 	if strings.Contains(w.Body.String(), `"daily"`) {
 		t.Errorf("daily without ?days: %s", w.Body)
 	}
@@ -278,26 +285,33 @@ func (s *dashFailing) Counters(ctx context.Context, keys []quota.CounterKey, now
 	return s.MemoryStore.Counters(ctx, keys, now)
 }
 
+// usageSetup is the Quota of a TestUsageHandlerStatus case and its
+// error hook.
+type usageSetup struct {
+	q     *quota.Quota
+	hooks *dashHooks
+}
+
+// usageStatusCase is a case of TestUsageHandlerStatus: one request and
+// what it answers.
+type usageStatusCase struct {
+	name    string
+	setup   func(t *testing.T) usageSetup
+	method  string
+	target  string
+	subject string
+	status  int
+	problem string // the problem's type; "" for a 200
+	hooks   int
+	header  map[string]string
+}
+
 func TestUsageHandlerStatus(t *testing.T) {
-	type setup struct {
-		q     *quota.Quota
-		hooks *dashHooks
-	}
-	history := func(t *testing.T, store quota.Store) setup {
+	history := func(t *testing.T, store quota.Store) usageSetup {
 		q, _ := dashHistory(t, store)
-		return setup{q: q, hooks: &dashHooks{}}
+		return usageSetup{q: q, hooks: &dashHooks{}}
 	}
-	for _, tt := range []struct {
-		name    string
-		setup   func(t *testing.T) setup
-		method  string
-		target  string
-		subject string
-		status  int
-		problem string // the problem's type; "" for a 200
-		hooks   int
-		header  map[string]string
-	}{
+	for _, tt := range []usageStatusCase{
 		{name: "get", method: "GET", target: "/", subject: "acme", status: 200},
 		{name: "get days", method: "GET", target: "/?days=30", subject: "acme", status: 200},
 		{name: "head", method: "HEAD", target: "/?days=7", subject: "acme", status: 200},
@@ -325,7 +339,7 @@ func TestUsageHandlerStatus(t *testing.T) {
 		{name: "no subscription with days", method: "GET", target: "/?days=3", subject: "nobody", status: 403, problem: quota.ProblemTypeNoSubscription},
 		{
 			name: "plan gone", method: "GET", target: "/", subject: "acme", status: 403, problem: quota.ProblemTypeNoSubscription, hooks: 1,
-			setup: func(t *testing.T) setup {
+			setup: func(t *testing.T) usageSetup {
 				store := quota.NewMemoryStore()
 				if err := store.PutSubscription(context.Background(), quota.Subscription{Subject: "acme", Plan: "GOLD", Anchor: time.Now()}); err != nil {
 					t.Fatal(err)
@@ -334,13 +348,13 @@ func TestUsageHandlerStatus(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				return setup{q: q, hooks: &dashHooks{}}
+				return usageSetup{q: q, hooks: &dashHooks{}}
 			},
 		},
 		{
 			name: "store down", method: "GET", target: "/?days=3", subject: "acme", status: 503, problem: "about:blank", hooks: 1,
 			header: map[string]string{"Retry-After": "5"},
-			setup: func(t *testing.T) setup {
+			setup: func(t *testing.T) usageSetup {
 				store := &dashFailing{MemoryStore: quota.NewMemoryStore()}
 				s := history(t, store)
 				store.fail = true
@@ -349,7 +363,7 @@ func TestUsageHandlerStatus(t *testing.T) {
 		},
 		{
 			name: "closed", method: "GET", target: "/", subject: "acme", status: 503, problem: "about:blank", hooks: 1,
-			setup: func(t *testing.T) setup {
+			setup: func(t *testing.T) usageSetup {
 				s := history(t, quota.NewMemoryStore())
 				s.q.Close()
 				return s
@@ -357,90 +371,106 @@ func TestUsageHandlerStatus(t *testing.T) {
 		},
 		{
 			name: "default plan", method: "GET", target: "/?days=2", subject: "newcomer", status: 200,
-			setup: func(t *testing.T) setup {
+			setup: func(t *testing.T) usageSetup {
 				q, err := quota.New(quota.NewMemoryStore(), quota.Config{Plans: dashPlans(), DefaultPlan: "PRO"})
 				if err != nil {
 					t.Fatal(err)
 				}
-				return setup{q: q, hooks: &dashHooks{}}
+				return usageSetup{q: q, hooks: &dashHooks{}}
 			},
 		},
 	} {
-		t.Run(tt.name, func(t *testing.T) {
-			var s setup
-			if tt.setup != nil {
-				s = tt.setup(t)
-			} else {
-				s = history(t, quota.NewMemoryStore())
-			}
-			h := quota.UsageHandler(s.q, dashSubject, quota.UsageErrorHook(s.hooks.hook))
-			w := dashGet(h, tt.method, tt.target, tt.subject)
-			if w.Code != tt.status {
-				t.Fatalf("status %d %s; want %d", w.Code, w.Body, tt.status)
-			}
-			if got := w.Header().Get("Cache-Control"); got != "no-store" {
-				t.Errorf("Cache-Control = %q; want no-store", got)
-			}
-			if got := w.Header().Get("X-Content-Type-Options"); got != "nosniff" {
-				t.Errorf("X-Content-Type-Options = %q; want nosniff", got)
-			}
-			for k, v := range tt.header {
-				if got := w.Header().Get(k); got != v {
-					t.Errorf("%s = %q; want %q", k, got, v)
-				}
-			}
-			if got := s.hooks.len(); got != tt.hooks {
-				t.Errorf("error hook called %d times; want %d", got, tt.hooks)
-			}
-			if strings.Contains(w.Body.String(), "hunter2") || strings.Contains(w.Body.String(), "analytics") {
-				t.Errorf("the body shows an error's text: %s", w.Body)
-			}
-			switch {
-			case tt.problem != "":
-				if ct := w.Header().Get("Content-Type"); ct != quota.ContentTypeProblem {
-					t.Errorf("Content-Type = %q; want %q", ct, quota.ContentTypeProblem)
-				}
-				var p quota.Problem
-				if err := json.Unmarshal(w.Body.Bytes(), &p); err != nil {
-					t.Fatalf("problem %q: %v", w.Body, err)
-				}
-				if p.Type != tt.problem || p.Status != tt.status || p.Title == "" || p.Detail == "" {
-					t.Errorf("problem = %+v; want type %s, status %d", p, tt.problem, tt.status)
-				}
-			case tt.method == "HEAD":
-				if w.Body.Len() != 0 {
-					t.Errorf("HEAD has a body: %q", w.Body)
-				}
-				get := dashGet(h, "GET", tt.target, tt.subject)
-				if got, want := w.Header().Get("Content-Length"), strconv.Itoa(get.Body.Len()); got != want {
-					t.Errorf("HEAD Content-Length = %s; want %s, as GET", got, want)
-				}
-				if ct := w.Header().Get("Content-Type"); ct != "application/json" {
-					t.Errorf("Content-Type = %q; want application/json", ct)
-				}
-			default:
-				if ct := w.Header().Get("Content-Type"); ct != "application/json" {
-					t.Errorf("Content-Type = %q; want application/json", ct)
-				}
-				var res quota.UsageResponse
-				if err := json.Unmarshal(w.Body.Bytes(), &res); err != nil {
-					t.Fatalf("body %q: %v", w.Body, err)
-				}
-				if res.Subject != tt.subject || res.Plan != "PRO" || len(res.Actions) != 4 {
-					t.Errorf("response = %s", w.Body)
-				}
-				if tt.subject == "newcomer" && res.TimeZone != "UTC" {
-					t.Errorf("time_zone of the default plan = %q; want UTC", res.TimeZone)
-				}
-			}
-		})
+		t.Run(tt.name, tt.run)
+	}
+}
+
+// run sends tt's request and checks the answer.
+func (tt *usageStatusCase) run(t *testing.T) {
+	var s usageSetup
+	if tt.setup != nil {
+		s = tt.setup(t)
+	} else {
+		q, _ := dashHistory(t, quota.NewMemoryStore())
+		s = usageSetup{q: q, hooks: &dashHooks{}}
+	}
+	h := quota.UsageHandler(s.q, dashSubject, quota.WithErrorHook(s.hooks.hook))
+	w := dashGet(h, tt.method, tt.target, tt.subject)
+	if w.Code != tt.status {
+		t.Fatalf("status %d %s; want %d", w.Code, w.Body, tt.status)
+	}
+	if got := w.Header().Get("Cache-Control"); got != "no-store" {
+		t.Errorf("Cache-Control = %q; want no-store", got)
+	}
+	if got := w.Header().Get("X-Content-Type-Options"); got != "nosniff" {
+		t.Errorf("X-Content-Type-Options = %q; want nosniff", got)
+	}
+	for k, v := range tt.header {
+		if got := w.Header().Get(k); got != v {
+			t.Errorf("%s = %q; want %q", k, got, v)
+		}
+	}
+	if got := s.hooks.len(); got != tt.hooks {
+		t.Errorf("error hook called %d times; want %d", got, tt.hooks)
+	}
+	if strings.Contains(w.Body.String(), "hunter2") || strings.Contains(w.Body.String(), "analytics") {
+		t.Errorf("the body shows an error's text: %s", w.Body)
+	}
+	switch {
+	case tt.problem != "":
+		tt.checkProblem(t, w)
+	case tt.method == "HEAD":
+		tt.checkHead(t, h, w)
+	default:
+		tt.checkReport(t, w)
+	}
+}
+
+func (tt *usageStatusCase) checkProblem(t *testing.T, w *httptest.ResponseRecorder) {
+	if ct := w.Header().Get("Content-Type"); ct != quota.ContentTypeProblem {
+		t.Errorf("Content-Type = %q; want %q", ct, quota.ContentTypeProblem)
+	}
+	var p quota.Problem
+	if err := json.Unmarshal(w.Body.Bytes(), &p); err != nil {
+		t.Fatalf("problem %q: %v", w.Body, err)
+	}
+	if p.Type != tt.problem || p.Status != tt.status || p.Title == "" || p.Detail == "" {
+		t.Errorf("problem = %+v; want type %s, status %d", p, tt.problem, tt.status)
+	}
+}
+
+func (tt *usageStatusCase) checkHead(t *testing.T, h http.Handler, w *httptest.ResponseRecorder) {
+	if w.Body.Len() != 0 {
+		t.Errorf("HEAD has a body: %q", w.Body)
+	}
+	get := dashGet(h, "GET", tt.target, tt.subject)
+	if got, want := w.Header().Get("Content-Length"), strconv.Itoa(get.Body.Len()); got != want {
+		t.Errorf("HEAD Content-Length = %s; want %s, as GET", got, want)
+	}
+	if ct := w.Header().Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type = %q; want application/json", ct)
+	}
+}
+
+func (tt *usageStatusCase) checkReport(t *testing.T, w *httptest.ResponseRecorder) {
+	if ct := w.Header().Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type = %q; want application/json", ct)
+	}
+	var res quota.UsageResponse
+	if err := json.Unmarshal(w.Body.Bytes(), &res); err != nil {
+		t.Fatalf("body %q: %v", w.Body, err)
+	}
+	if res.Subject != tt.subject || res.Plan != "PRO" || len(res.Actions) != 4 {
+		t.Errorf("response = %s", w.Body)
+	}
+	if tt.subject == "newcomer" && res.TimeZone != "UTC" {
+		t.Errorf("time_zone of the default plan = %q; want UTC", res.TimeZone)
 	}
 }
 
 func TestUsageHandlerUnauthorizedOption(t *testing.T) {
 	q, _ := dashHistory(t, quota.NewMemoryStore())
 	login := http.RedirectHandler("/login", http.StatusSeeOther)
-	h := quota.UsageHandler(q, dashSubject, quota.UsageUnauthorized(login), nil)
+	h := quota.UsageHandler(q, dashSubject, quota.WithUnauthorized(login), nil)
 	for _, subject := range []string{"", "fail"} {
 		if w := dashGet(h, "GET", "/", subject); w.Code != http.StatusSeeOther || w.Header().Get("Location") != "/login" {
 			t.Errorf("subject %q: %d %v; want the redirect to /login", subject, w.Code, w.Header())

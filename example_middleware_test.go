@@ -78,7 +78,7 @@ func ExampleMiddleware() {
 	// upload 3: 201 uploaded; 3 of 3 used
 	//   RateLimit: "diagram.upload/month";r=0;t=2039460
 	//   Quota-Level: exceeded
-	// upload 4: 429 {"type":"https://quotakit.dev/problems/quota-exceeded","title":"Quota exceeded","status":429,"detail":"You have used all 3 uploads of the FREE plan this month. Upgrade to PRO for 100.","action":"diagram.upload","plan":"FREE","used":3,"limit":3,"remaining":0,"percent":100,"level":"exceeded","resets_at":"2026-02-01T00:00:00Z"}
+	// upload 4: 429 {"type":"https://quotakit.dev/problems/quota-exceeded","title":"Quota exceeded","status":429,"detail":"You have used all 3 uploads of the FREE plan this month. Upgrade to PRO for 100.","action":"diagram.upload","plan":"FREE","used":3,"limit":3,"remaining":0,"percent":100,"level":"exceeded","reset_at":"2026-02-01T00:00:00Z"}
 	//   RateLimit: "diagram.upload/month";r=0;t=2039460
 	//   Quota-Level: exceeded
 	//   Retry-After: 2039460

@@ -14,7 +14,8 @@ import (
 // BenchmarkMiddleware measures what the middleware adds to a request
 // over MemoryStore: "bare" is the handler alone, the yardstick measured in
 // the same run; "count" meters one use a request (Reserve, then Commit);
-// "feature" adds a feature gate; "bytes" charges a 1 KiB declared body
+// "feature" adds a feature gate, which rides on the same Reserve
+// (Use.Features); "bytes" charges a 1 KiB declared body
 // (Reserve of the length, CommitAmount of the bytes read). Each request
 // goes through an httptest.ResponseRecorder, whose cost is in "bare".
 func BenchmarkMiddleware(b *testing.B) {

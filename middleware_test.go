@@ -114,8 +114,8 @@ func mwUsed(t testing.TB, q *quota.Quota, subject, action string) int64 {
 	return sum
 }
 
-// failingStore is a MemoryStore that fails every call while fail is set.
-type failingStore struct {
+// mwFailingStore is a MemoryStore that fails every call while fail is set.
+type mwFailingStore struct {
 	*quota.MemoryStore
 	fail atomic.Bool
 }
@@ -123,21 +123,21 @@ type failingStore struct {
 // errStoreDown carries a secret, to prove that no response shows it.
 var errStoreDown = errors.New("store down: dial postgres://app:hunter2@db")
 
-func (s *failingStore) Apply(ctx context.Context, op *quota.Op) (quota.ApplyResult, error) {
+func (s *mwFailingStore) Apply(ctx context.Context, op *quota.Op) (quota.ApplyResult, error) {
 	if s.fail.Load() {
 		return quota.ApplyResult{}, errStoreDown
 	}
 	return s.MemoryStore.Apply(ctx, op)
 }
 
-func (s *failingStore) Counters(ctx context.Context, keys []quota.CounterKey, now time.Time) ([]quota.Counter, error) {
+func (s *mwFailingStore) Counters(ctx context.Context, keys []quota.CounterKey, now time.Time) ([]quota.Counter, error) {
 	if s.fail.Load() {
 		return nil, errStoreDown
 	}
 	return s.MemoryStore.Counters(ctx, keys, now)
 }
 
-func (s *failingStore) GetSubscription(ctx context.Context, subject string) (quota.Subscription, error) {
+func (s *mwFailingStore) GetSubscription(ctx context.Context, subject string) (quota.Subscription, error) {
 	if s.fail.Load() {
 		return quota.Subscription{}, errStoreDown
 	}
@@ -178,29 +178,32 @@ const (
 	storePolicy  = `"storage.bytes/total";q=1000;qu="content-bytes"`
 )
 
-func TestMiddleware(t *testing.T) {
-	type tc struct {
-		name    string
-		action  string
-		user    string // X-User; "" for none
-		opts    []quota.MiddlewareOption
-		pre     int64 // tracked before the request
-		body    string
-		chunked bool  // send body with no declared length
-		declare int64 // if > 0, the declared Content-Length (a lie)
-		status  int   // the handler's status; default 200
-		// handler replaces the default handler, which reads the whole body
-		// (and writes nothing if that fails) and answers status.
-		handler http.HandlerFunc
+// mwCase is a case of TestMiddleware: one request through a fresh
+// Quota.
+type mwCase struct {
+	name    string
+	action  string
+	user    string // X-User; "" for none
+	opts    []quota.MiddlewareOption
+	pre     int64 // tracked before the request
+	body    string
+	chunked bool  // send body with no declared length
+	declare int64 // if > 0, the declared Content-Length (a lie)
+	status  int   // the handler's status; default 200
+	// handler replaces the default handler, which reads the whole body
+	// (and writes nothing if that fails) and answers status.
+	handler http.HandlerFunc
 
-		wantCode    int
-		wantHeader  http.Header // exact, but Content-Length (checked against the body)
-		wantProblem *quota.Problem
-		wantCalled  bool
-		wantDecided bool  // the handler found a decision with FromContext
-		wantUsed    int64 // the ledger after the request
-		wantHooked  int   // errors reported to the hook
-	}
+	wantCode    int
+	wantHeader  http.Header // exact, but Content-Length (checked against the body)
+	wantProblem *quota.Problem
+	wantCalled  bool
+	wantDecided bool  // the handler found a decision with FromContext
+	wantUsed    int64 // the ledger after the request
+	wantHooked  int   // errors reported to the hook
+}
+
+func TestMiddleware(t *testing.T) {
 	okHeader := func(kv ...string) http.Header {
 		return header(append([]string{"Content-Type", "text/plain; charset=utf-8"}, kv...)...)
 	}
@@ -208,7 +211,7 @@ func TestMiddleware(t *testing.T) {
 		return header(append([]string{"Content-Type", quota.ContentTypeProblem, "X-Content-Type-Options", "nosniff"}, kv...)...)
 	}
 	uploadUsage := func(used int64) *quota.ProblemUsage {
-		return &quota.ProblemUsage{Action: "diagram.upload", Plan: "FREE", Used: used, Limit: 5, Remaining: max(0, 5-used), Percent: float64(used) * 20, Level: quota.LevelExceeded, ResetsAt: mwFeb1}
+		return &quota.ProblemUsage{Action: "diagram.upload", Plan: "FREE", Used: used, Limit: 5, Remaining: max(0, 5-used), Percent: float64(used) * 20, Level: quota.LevelExceeded, ResetAt: mwFeb1}
 	}
 	full := func(status int) *quota.Problem {
 		return &quota.Problem{
@@ -227,7 +230,7 @@ func TestMiddleware(t *testing.T) {
 	}
 	body150 := strings.Repeat("x", 150)
 
-	tests := []tc{
+	tests := []mwCase{
 		{
 			name: "allowed", action: "diagram.upload", user: "alice",
 			wantCode: 200, wantCalled: true, wantDecided: true, wantUsed: 1,
@@ -371,7 +374,7 @@ func TestMiddleware(t *testing.T) {
 			wantProblem: &quota.Problem{
 				Type: quota.ProblemTypeNotInPlan, Title: "Not in plan", Status: 403,
 				Detail:       "The FREE plan does not include export.dxf.",
-				ProblemUsage: &quota.ProblemUsage{Action: "export.dxf", Plan: "FREE", Limit: 0, Percent: 100, Level: quota.LevelExceeded, ResetsAt: mwFeb1},
+				ProblemUsage: &quota.ProblemUsage{Action: "export.dxf", Plan: "FREE", Limit: 0, Percent: 100, Level: quota.LevelExceeded, ResetAt: mwFeb1},
 			},
 		},
 		{
@@ -527,98 +530,116 @@ func TestMiddleware(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			q := mwQuota(t, quota.NewMemoryStore())
-			ctx := context.Background()
-			if tt.pre > 0 {
-				if _, err := q.Track(ctx, quota.Use{Subject: tt.user, Action: tt.action, Amount: tt.pre}); err != nil {
-					t.Fatal(err)
-				}
-			}
-			var hooked hookLog
-			called, decided := false, false
-			h := tt.handler
-			if h == nil {
-				h = func(w http.ResponseWriter, r *http.Request) {
-					if _, err := io.ReadAll(r.Body); err != nil {
-						return // leave the answer to the middleware
-					}
-					w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-					status := tt.status
-					if status == 0 {
-						status = http.StatusOK
-					}
-					w.WriteHeader(status)
-					io.WriteString(w, "done\n")
-				}
-			}
-			opts := append([]quota.MiddlewareOption{quota.WithErrorHook(hooked.hook)}, tt.opts...)
-			mw := quota.Middleware(q, tt.action, mwSubject, opts...)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				called = true
-				d, ok := quota.FromContext(r.Context())
-				decided = ok
-				if ok && (!d.Allowed || d.Action != tt.action || d.Subject != tt.user) {
-					t.Errorf("FromContext = %+v; want an allowed decision of %s for %s", d, tt.action, tt.user)
-				}
-				h(w, r)
-			}))
-
-			var body io.Reader
-			if tt.body != "" || tt.chunked {
-				body = strings.NewReader(tt.body)
-				if tt.chunked {
-					body = io.MultiReader(body) // no length: NewRequest sets -1
-				}
-			}
-			req := httptest.NewRequest("POST", "/x?n=3", body)
-			if tt.declare > 0 {
-				req.ContentLength = tt.declare
-			}
-			if tt.user != "" {
-				req.Header.Set("X-User", tt.user)
-			}
-			rec := httptest.NewRecorder()
-			mw.ServeHTTP(rec, req)
-			res := rec.Result()
-			got, _ := io.ReadAll(res.Body)
-
-			if res.StatusCode != tt.wantCode {
-				t.Errorf("status = %d; want %d (body %s)", res.StatusCode, tt.wantCode, got)
-			}
-			hdr := res.Header.Clone()
-			if cl := hdr.Get("Content-Length"); cl != "" && cl != strconv.Itoa(len(got)) {
-				t.Errorf("Content-Length = %s; want %d", cl, len(got))
-			}
-			hdr.Del("Content-Length")
-			if diff := cmp.Diff(tt.wantHeader, hdr); diff != "" {
-				t.Errorf("header (-want +got):\n%s", diff)
-			}
-			if tt.wantProblem != nil {
-				var p quota.Problem
-				if err := json.Unmarshal(got, &p); err != nil {
-					t.Fatalf("body %q: %v", got, err)
-				}
-				if diff := cmp.Diff(tt.wantProblem, &p); diff != "" {
-					t.Errorf("problem (-want +got):\n%s", diff)
-				}
-			}
-			if strings.Contains(string(got), "hunter2") {
-				t.Errorf("body %s shows an error's text", got)
-			}
-			if called != tt.wantCalled {
-				t.Errorf("handler called = %t; want %t", called, tt.wantCalled)
-			}
-			if decided != tt.wantDecided {
-				t.Errorf("FromContext ok = %t; want %t", decided, tt.wantDecided)
-			}
-			if tt.user != "" && !strings.ContainsRune(tt.user, 0x7f) && tt.user != "nobody" {
-				if used := mwUsed(t, q, tt.user, tt.action) - tt.pre; used+tt.pre != tt.wantUsed {
-					t.Errorf("ledger holds %d; want %d", used+tt.pre, tt.wantUsed)
-				}
-			}
-			if n := hooked.len(); n != tt.wantHooked {
-				t.Errorf("error hook called %d times (%v); want %d", n, hooked.errs, tt.wantHooked)
-			}
+			tt.run(t)
 		})
+	}
+}
+
+// run sends tt's request through a fresh Quota and checks the outcome.
+func (tt *mwCase) run(t *testing.T) {
+	q := mwQuota(t, quota.NewMemoryStore())
+	ctx := context.Background()
+	if tt.pre > 0 {
+		if _, err := q.Track(ctx, quota.Use{Subject: tt.user, Action: tt.action, Amount: tt.pre}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var hooked hookLog
+	called, decided := false, false
+	opts := append([]quota.MiddlewareOption{quota.WithErrorHook(hooked.hook)}, tt.opts...)
+	mw := quota.Middleware(q, tt.action, mwSubject, opts...)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		called = true
+		d, ok := quota.FromContext(r.Context())
+		decided = ok
+		if ok && (!d.Allowed || d.Action != tt.action || d.Subject != tt.user) {
+			t.Errorf("FromContext = %+v; want an allowed decision of %s for %s", d, tt.action, tt.user)
+		}
+		tt.handle(w, r)
+	}))
+	rec := httptest.NewRecorder()
+	mw.ServeHTTP(rec, tt.request())
+	tt.checkResponse(t, rec.Result())
+
+	if called != tt.wantCalled {
+		t.Errorf("handler called = %t; want %t", called, tt.wantCalled)
+	}
+	if decided != tt.wantDecided {
+		t.Errorf("FromContext ok = %t; want %t", decided, tt.wantDecided)
+	}
+	if tt.user != "" && !strings.ContainsRune(tt.user, 0x7f) && tt.user != "nobody" {
+		if used := mwUsed(t, q, tt.user, tt.action) - tt.pre; used+tt.pre != tt.wantUsed {
+			t.Errorf("ledger holds %d; want %d", used+tt.pre, tt.wantUsed)
+		}
+	}
+	if n := hooked.len(); n != tt.wantHooked {
+		t.Errorf("error hook called %d times (%v); want %d", n, hooked.errs, tt.wantHooked)
+	}
+}
+
+// handle is tt's handler: tt.handler, or by default one that reads the
+// whole body (and writes nothing if that fails) and answers tt.status.
+func (tt *mwCase) handle(w http.ResponseWriter, r *http.Request) {
+	if tt.handler != nil {
+		tt.handler(w, r)
+		return
+	}
+	if _, err := io.ReadAll(r.Body); err != nil {
+		return // leave the answer to the middleware
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	status := tt.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	w.WriteHeader(status)
+	io.WriteString(w, "done\n")
+}
+
+// request returns tt's request.
+func (tt *mwCase) request() *http.Request {
+	var body io.Reader
+	if tt.body != "" || tt.chunked {
+		body = strings.NewReader(tt.body)
+		if tt.chunked {
+			body = io.MultiReader(body) // no length: NewRequest sets -1
+		}
+	}
+	req := httptest.NewRequest("POST", "/x?n=3", body)
+	if tt.declare > 0 {
+		req.ContentLength = tt.declare
+	}
+	if tt.user != "" {
+		req.Header.Set("X-User", tt.user)
+	}
+	return req
+}
+
+// checkResponse checks res against tt's status, header and problem.
+func (tt *mwCase) checkResponse(t *testing.T, res *http.Response) {
+	t.Helper()
+	got, _ := io.ReadAll(res.Body)
+	if res.StatusCode != tt.wantCode {
+		t.Errorf("status = %d; want %d (body %s)", res.StatusCode, tt.wantCode, got)
+	}
+	hdr := res.Header.Clone()
+	if cl := hdr.Get("Content-Length"); cl != "" && cl != strconv.Itoa(len(got)) {
+		t.Errorf("Content-Length = %s; want %d", cl, len(got))
+	}
+	hdr.Del("Content-Length")
+	if diff := cmp.Diff(tt.wantHeader, hdr); diff != "" {
+		t.Errorf("header (-want +got):\n%s", diff)
+	}
+	if tt.wantProblem != nil {
+		var p quota.Problem
+		if err := json.Unmarshal(got, &p); err != nil {
+			t.Fatalf("body %q: %v", got, err)
+		}
+		if diff := cmp.Diff(tt.wantProblem, &p); diff != "" {
+			t.Errorf("problem (-want +got):\n%s", diff)
+		}
+	}
+	if strings.Contains(string(got), "hunter2") {
+		t.Errorf("body %s shows an error's text", got)
 	}
 }
 
@@ -653,7 +674,7 @@ func TestMiddlewareDeniedBody(t *testing.T) {
 		"remaining": 1.0,
 		"percent":   80.0,
 		"level":     "warning",
-		"resets_at": "2026-02-01T00:00:00Z",
+		"reset_at":  "2026-02-01T00:00:00Z",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("body (-want +got):\n%s", diff)
@@ -684,7 +705,7 @@ func TestMiddlewareStoreFailure(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			store := &failingStore{MemoryStore: quota.NewMemoryStore()}
+			store := &mwFailingStore{MemoryStore: quota.NewMemoryStore()}
 			q := mwQuota(t, store)
 			store.fail.Store(true)
 			var hooked hookLog
@@ -761,7 +782,7 @@ func TestMiddlewareStoreFailure(t *testing.T) {
 // TestMiddlewareCommitFailure: a store that fails after the handler ran
 // cannot change the response; the hook hears of it.
 func TestMiddlewareCommitFailure(t *testing.T) {
-	store := &failingStore{MemoryStore: quota.NewMemoryStore()}
+	store := &mwFailingStore{MemoryStore: quota.NewMemoryStore()}
 	q := mwQuota(t, store)
 	var hooked hookLog
 	h := quota.Middleware(q, "diagram.upload", mwSubject, quota.WithErrorHook(hooked.hook))(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -1234,5 +1255,150 @@ func TestMiddlewareReservationExpired(t *testing.T) {
 	}
 	if got := mwUsed(t, q, "alice", "diagram.upload"); got != 0 {
 		t.Errorf("ledger holds %d; want 0", got)
+	}
+}
+
+// mwServe sends a POST of body (nil for none) as user through h.
+func mwServe(h http.Handler, target, user string, body io.Reader) *httptest.ResponseRecorder {
+	req := httptest.NewRequest("POST", target, body)
+	req.Header.Set("X-User", user)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+// mwProblem decodes the problem of rec.
+func mwProblem(t *testing.T, rec *httptest.ResponseRecorder) quota.Problem {
+	t.Helper()
+	var p quota.Problem
+	if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+		t.Fatalf("body %q: %v", rec.Body, err)
+	}
+	return p
+}
+
+// TestMiddlewareFeatureGateFirst: a request that reserves nothing (an
+// empty body, an invalid amount, a declared body over the bound) still
+// meets the feature gate first, as the documented order says.
+func TestMiddlewareFeatureGateFirst(t *testing.T) {
+	q := mwQuota(t, quota.NewMemoryStore())
+	gate := quota.WithFeatures("api_access")
+	badAmount := quota.WithAmountFunc(func(*http.Request) (int64, error) { return 0, errors.New("no amount") })
+	for _, tt := range []struct {
+		name   string
+		action string
+		opts   []quota.MiddlewareOption
+		body   string
+		paul   int // the status of paul, whose plan has the feature
+	}{
+		{name: "empty body", action: "storage.bytes", opts: []quota.MiddlewareOption{gate, quota.WithBodyBytes()}, paul: http.StatusNoContent},
+		{name: "invalid amount", action: "ai.analysis", opts: []quota.MiddlewareOption{gate, badAmount}, paul: http.StatusBadRequest},
+		{name: "declared body over the bound", action: "log.bytes", opts: []quota.MiddlewareOption{gate, quota.WithBodyBytes(), quota.WithMaxBodyBytes(3)}, body: "abcd", paul: http.StatusRequestEntityTooLarge},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			calls := 0
+			h := quota.Middleware(q, tt.action, mwSubject, tt.opts...)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				calls++
+				if _, ok := quota.FromContext(r.Context()); ok {
+					t.Error("FromContext ok in an unmetered request")
+				}
+				w.WriteHeader(http.StatusNoContent)
+			}))
+			body := func() io.Reader {
+				if tt.body == "" {
+					return nil
+				}
+				return strings.NewReader(tt.body)
+			}
+			rec := mwServe(h, "/", "alice", body())
+			want := quota.Problem{Type: quota.ProblemTypeNotInPlan, Title: "Feature not in plan", Status: 403, Detail: `Your plan does not include the feature "api_access".`, Feature: "api_access"}
+			if diff := cmp.Diff(want, mwProblem(t, rec)); rec.Code != 403 || diff != "" {
+				t.Errorf("alice: %d (-want +got):\n%s", rec.Code, diff)
+			}
+			if rec := mwServe(h, "/", "paul", body()); rec.Code != tt.paul {
+				t.Errorf("paul: %d %s; want %d", rec.Code, rec.Body, tt.paul)
+			}
+			if wantCalls := map[bool]int{true: 1}[tt.paul == http.StatusNoContent]; calls != wantCalls {
+				t.Errorf("handler called %d times; want %d", calls, wantCalls)
+			}
+			if got := mwUsed(t, q, "paul", tt.action); got != 0 {
+				t.Errorf("ledger holds %d; want 0", got)
+			}
+		})
+	}
+}
+
+// TestMiddlewareUnknownLength: a body of unknown length is refused for a
+// full limit as a use of 1 would be, refused for lack of room for its
+// cap otherwise, and answered 411 when nothing caps it, leaving no hold.
+func TestMiddlewareUnknownLength(t *testing.T) {
+	for _, tt := range []struct {
+		name       string
+		action     string
+		opts       []quota.MiddlewareOption
+		pre        int64
+		wantCode   int
+		wantDetail string
+		wantRetry  string
+	}{
+		{
+			name: "no cap, limit full: 429 for the full limit", action: "log.bytes", pre: 10000,
+			wantCode:   429,
+			wantDetail: "The FREE plan allows 10000 log.bytes per day; 10000 are used. The limit resets at 2026-01-09T00:00:00Z.",
+			wantRetry:  "52260",
+		},
+		{name: "no cap, room left: 411", action: "log.bytes", pre: 9999, wantCode: 411},
+		{name: "no cap, unlimited: 411, the hold cancelled", action: "procedure.view", wantCode: 411},
+		{name: "limit of 0: 403", action: "export.dxf", wantCode: 403, wantDetail: "The FREE plan does not include export.dxf."},
+		{
+			name: "cap, allocation full: 429 as for 1", action: "storage.bytes", pre: 1000,
+			wantCode:   429,
+			wantDetail: "The FREE plan allows 1000 storage.bytes in total; 1000 are used and this request needs 1.",
+		},
+		{
+			name: "cap, less than the cap left: 429 for the cap", action: "storage.bytes", pre: 950,
+			wantCode:   429,
+			wantDetail: "The FREE plan allows 1000 storage.bytes in total; 950 are used and this request needs 100.",
+		},
+		{
+			name: "WithMaxBodyBytes, less than it left: 429 for it", action: "log.bytes", pre: 9990,
+			opts:       []quota.MiddlewareOption{quota.WithMaxBodyBytes(20)},
+			wantCode:   429,
+			wantDetail: "The FREE plan allows 10000 log.bytes per day; 9990 are used. The limit resets at 2026-01-09T00:00:00Z.",
+			wantRetry:  "52260",
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			q := mwQuota(t, quota.NewMemoryStore())
+			if tt.pre > 0 {
+				if _, err := q.Track(context.Background(), quota.Use{Subject: "alice", Action: tt.action, Amount: tt.pre}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var hooked hookLog
+			opts := append([]quota.MiddlewareOption{quota.WithBodyBytes(), quota.WithErrorHook(hooked.hook)}, tt.opts...)
+			h := quota.Middleware(q, tt.action, mwSubject, opts...)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				t.Error("handler called")
+			}))
+			rec := mwServe(h, "/", "alice", io.MultiReader(strings.NewReader("abc")))
+			if rec.Code != tt.wantCode {
+				t.Fatalf("status = %d %s; want %d", rec.Code, rec.Body, tt.wantCode)
+			}
+			if p := mwProblem(t, rec); tt.wantDetail != "" && p.Detail != tt.wantDetail {
+				t.Errorf("detail = %q; want %q", p.Detail, tt.wantDetail)
+			}
+			if got := rec.Header().Get(quota.HeaderRetryAfter); got != tt.wantRetry {
+				t.Errorf("Retry-After = %q; want %q", got, tt.wantRetry)
+			}
+			if rec.Code == 411 && rec.Header().Get(quota.HeaderQuotaLevel) != "" {
+				t.Errorf("411 with quota headers: %v", rec.Header())
+			}
+			if got := mwUsed(t, q, "alice", tt.action); got != tt.pre {
+				t.Errorf("ledger holds %d; want %d", got, tt.pre)
+			}
+			if hooked.len() != 0 {
+				t.Errorf("error hook got %v", hooked.errs)
+			}
+		})
 	}
 }

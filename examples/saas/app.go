@@ -145,7 +145,7 @@ func (a *App) meter(action string, opts ...quota.MiddlewareOption) func(http.Han
 		quota.WithErrorHook(func(r *http.Request, err error) {
 			a.log.ErrorContext(r.Context(), "quota", "action", action, "path", r.URL.Path, "err", err)
 		}),
-		quota.WithUnauthorized(http.HandlerFunc(unauthorized)),
+		answer401,
 	}, opts...)
 	return quota.Middleware(a.q, action, a.subject, opts...)
 }
@@ -166,8 +166,8 @@ func (a *App) Handler() http.Handler {
 	mux.Handle("GET /me/usage", a.auth(a.usage))
 	// The dashboard's JSON: the library's handler answers its own 405s.
 	mux.Handle("/me/dashboard.json", quota.UsageHandler(a.q, a.subject,
-		quota.UsageUnauthorized(http.HandlerFunc(unauthorized)),
-		quota.UsageErrorHook(func(r *http.Request, err error) {
+		answer401,
+		quota.WithErrorHook(func(r *http.Request, err error) {
 			a.log.ErrorContext(r.Context(), "usage dashboard", "path", r.URL.Path, "err", err)
 		}),
 	))
@@ -190,6 +190,11 @@ func (a *App) auth(h func(w http.ResponseWriter, r *http.Request, user string)) 
 		h(w, r, user)
 	})
 }
+
+// answer401 makes the metered routes and the dashboard's JSON answer an
+// unknown user as the app's other routes do: one option for both
+// quota.Middleware and quota.UsageHandler.
+var answer401 = quota.WithUnauthorized(http.HandlerFunc(unauthorized))
 
 func unauthorized(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("WWW-Authenticate", `Bearer realm="saas demo"`)

@@ -156,35 +156,7 @@ func TestUploadUntil429ThenUpgrade(t *testing.T) {
 			t.Errorf("upload %d: %+v", i, d)
 		}
 	}
-	res := a.upload("alice", "pump-6.png", "xyz")
-	if res.status != http.StatusTooManyRequests {
-		t.Fatalf("upload 6: %d %s; want 429", res.status, res.body)
-	}
-	if ct := res.header.Get("Content-Type"); ct != quota.ContentTypeProblem {
-		t.Errorf("Content-Type = %q; want %q", ct, quota.ContentTypeProblem)
-	}
-	var p quota.Problem
-	res.json(t, &p)
-	if p.ProblemUsage == nil {
-		t.Fatalf("problem without figures: %s", res.body)
-	}
-	want := quota.Problem{
-		Type: quota.DefaultProblemType, Title: "Quota exceeded", Status: 429,
-		Detail: upgrades["FREE/diagram.upload"],
-		ProblemUsage: &quota.ProblemUsage{
-			Action: "diagram.upload", Plan: "FREE", Used: 5, Limit: 5, Remaining: 0, Percent: 100,
-			Level: quota.LevelExceeded, ResetsAt: p.ResetsAt,
-		},
-	}
-	if diff := cmp.Diff(want, p); diff != "" {
-		t.Errorf("problem (-want +got):\n%s", diff)
-	}
-	if now := time.Now().UTC(); !p.ResetsAt.After(now) || p.ResetsAt.Day() != 1 || p.ResetsAt.Sub(now) > 32*24*time.Hour {
-		t.Errorf("resets_at %v; want the 1st of next month", p.ResetsAt)
-	}
-	if res.header.Get(quota.HeaderRetryAfter) == "" {
-		t.Error("429 without Retry-After")
-	}
+	check429(t, a.upload("alice", "pump-6.png", "xyz"))
 	if got := a.used("alice", "diagram.upload"); got != 5 {
 		t.Errorf("uploads used %d; want 5", got)
 	}
@@ -202,7 +174,7 @@ func TestUploadUntil429ThenUpgrade(t *testing.T) {
 	if res := a.do("PUT", "/admin/users/alice/plan", "admin", `{"plan":"PROFESSIONAL"}`); res.status != http.StatusOK {
 		t.Fatalf("upgrade: %d %s", res.status, res.body)
 	}
-	res = a.upload("alice", "pump-6.png", "xyz")
+	res := a.upload("alice", "pump-6.png", "xyz")
 	if res.status != http.StatusCreated {
 		t.Fatalf("upload after the upgrade: %d %s; want 201", res.status, res.body)
 	}
@@ -211,6 +183,40 @@ func TestUploadUntil429ThenUpgrade(t *testing.T) {
 	}
 	if got, want := res.header.Values(quota.HeaderRateLimit)[0], `"diagram.upload/month";r=94;t=`; !strings.HasPrefix(got, want) {
 		t.Errorf("RateLimit = %q; want prefix %q", got, want)
+	}
+}
+
+// check429 checks the answer to FREE alice's sixth upload of the month:
+// a 429 problem with the upgrade message, the figures and the reset.
+func check429(t *testing.T, res response) {
+	t.Helper()
+	if res.status != http.StatusTooManyRequests {
+		t.Fatalf("upload 6: %d %s; want 429", res.status, res.body)
+	}
+	if ct := res.header.Get("Content-Type"); ct != quota.ContentTypeProblem {
+		t.Errorf("Content-Type = %q; want %q", ct, quota.ContentTypeProblem)
+	}
+	var p quota.Problem
+	res.json(t, &p)
+	if p.ProblemUsage == nil {
+		t.Fatalf("problem without figures: %s", res.body)
+	}
+	want := quota.Problem{
+		Type: quota.DefaultProblemType, Title: "Quota exceeded", Status: 429,
+		Detail: upgrades["FREE/diagram.upload"],
+		ProblemUsage: &quota.ProblemUsage{
+			Action: "diagram.upload", Plan: "FREE", Used: 5, Limit: 5, Remaining: 0, Percent: 100,
+			Level: quota.LevelExceeded, ResetAt: p.ResetAt,
+		},
+	}
+	if diff := cmp.Diff(want, p); diff != "" {
+		t.Errorf("problem (-want +got):\n%s", diff)
+	}
+	if now := time.Now().UTC(); !p.ResetAt.After(now) || p.ResetAt.Day() != 1 || p.ResetAt.Sub(now) > 32*24*time.Hour {
+		t.Errorf("reset_at %v; want the 1st of next month", p.ResetAt)
+	}
+	if res.header.Get(quota.HeaderRetryAfter) == "" {
+		t.Error("429 without Retry-After")
 	}
 }
 

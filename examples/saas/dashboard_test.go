@@ -251,11 +251,7 @@ func TestDashboardInChromium(t *testing.T) {
 	}
 
 	used := 0
-	for _, step := range []struct {
-		used                 int
-		level                string
-		toast, banner, modal bool
-	}{
+	for _, step := range []dashStep{
 		{used: 50, level: "ok"},
 		{used: 85, level: "warning", toast: true},
 		{used: 100, level: "exceeded", banner: true, modal: true},
@@ -273,108 +269,133 @@ func TestDashboardInChromium(t *testing.T) {
 			if got := p.one(nil, "whoami").textContent(); got != "bob · PROFESSIONAL plan" {
 				t.Errorf("whoami = %q", got)
 			}
-
-			// The card of the action pushed to its limit.
-			c := p.card("ai.analysis")
-			for id, want := range map[string]string{
-				"usage-figures":   fmt.Sprintf("%d / 100", used),
-				"usage-remaining": fmt.Sprintf("%d left", 100-used),
-				"usage-percent":   fmt.Sprintf("%d %%", used),
-				"usage-reset":     "Resets on 1 Dec 2026",
-				"usage-previous":  "Last month: 0",
-			} {
-				if got := p.one(c, id).textContent(); got != want {
-					t.Errorf("ai.analysis %s = %q; want %q", id, got, want)
-				}
-			}
-			if got := c.attr["data-level"]; got != step.level {
-				t.Errorf("ai.analysis level %q; want %q", got, step.level)
-			}
-			if got := p.one(c, "usage-bar").attr["aria-valuenow"]; got != strconv.Itoa(used) {
-				t.Errorf("ai.analysis progress bar at %s; want %d", got, used)
-			}
-
-			// The other kinds of card: an allocation in bytes, an
-			// unlimited action, an action the plan does not include.
-			for _, want := range []struct{ action, id, text string }{
-				{"storage.bytes", "usage-figures", "1.5 KiB / 50 GiB"},
-				{"storage.bytes", "usage-reset", "Allocation: it does not reset"},
-				{"diagram.upload", "usage-figures", "1 / 100"},
-				{"procedure.view", "usage-figures", "1 used"},
-				{"procedure.view", "usage-remaining", "Unlimited"},
-				{"export.dxf", "usage-figures", "Not in your plan"},
-				{"export.dxf", "usage-upgrade", upgrades["PROFESSIONAL/export.dxf"]},
-				{"api.call", "usage-figures", "Not in your plan"},
-			} {
-				if got := p.one(p.card(want.action), want.id).textContent(); got != want.text {
-					t.Errorf("%s %s = %q; want %q", want.action, want.id, got, want.text)
-				}
-			}
-			if n := len(visible(p.doc.testID("usage-card"))); n != 8 {
-				t.Errorf("%d cards; want 8, one per action", n)
-			}
-
-			// The warning states. The actions that PROFESSIONAL does not
-			// include (limit 0, so "exceeded") never raise one.
-			toasts := visible(p.doc.testID("toast"))
-			banners := visible(p.doc.testID("banner"))
-			modal := visible(p.doc.testID("limit-modal"))
-			if got := len(toasts) == 1; got != step.toast || len(toasts) > 1 {
-				t.Errorf("%d toasts; want toast %t", len(toasts), step.toast)
-			}
-			if step.toast && len(toasts) == 1 {
-				want := "You have used 85 % of your AI analyses this month: 85 of 100."
-				if got := toasts[0].textContent(); !strings.HasPrefix(got, want) || toasts[0].attr["data-action"] != "ai.analysis" {
-					t.Errorf("toast %q (%s); want %q", got, toasts[0].attr["data-action"], want)
-				}
-			}
-			if got := len(banners) == 1; got != step.banner || len(banners) > 1 {
-				t.Errorf("%d banners; want banner %t", len(banners), step.banner)
-			}
-			if step.banner && len(banners) == 1 {
-				want := "You have used all your AI analyses this month (100 of 100). Resets on 1 Dec 2026."
-				if got := banners[0].textContent(); got != want {
-					t.Errorf("banner %q; want %q", got, want)
-				}
-			}
-			if got := len(modal) == 1; got != step.modal {
-				t.Errorf("modal shown %t; want %t", got, step.modal)
-			}
-			if step.modal && len(modal) == 1 {
-				if got, want := p.one(modal[0], "upgrade-prompt").textContent(), upgrades["PROFESSIONAL/ai.analysis"]; got != want {
-					t.Errorf("upgrade prompt %q; want %q", got, want)
-				}
-				if got := p.one(modal[0], "modal-limits").textContent(); !strings.HasPrefix(got, "AI analyses: 100 of 100") {
-					t.Errorf("modal lists %q; want AI analyses: 100 of 100 first", got)
-				}
-				if href := p.one(modal[0], "upgrade-button").attr["href"]; href != upgradeURL {
-					t.Errorf("upgrade button leads to %q; want %q", href, upgradeURL)
-				}
-			}
-
-			// The chart: the most used action, 30 days ending today.
-			chart := p.one(nil, "usage-chart")
-			if got := chart.attr["data-action"]; got != "ai.analysis" {
-				t.Errorf("chart shows %q; want ai.analysis, the most used", got)
-			}
-			bars := chart.testID("chart-bar")
-			if len(bars) != 30 {
-				t.Fatalf("chart has %d bars; want 30", len(bars))
-			}
-			for i, b := range bars {
-				day := now.AddDate(0, 0, i-29).Format(time.DateOnly)
-				want := "0"
-				if i == 29 {
-					want = strconv.Itoa(used)
-				}
-				if b.attr["data-day"] != day || b.attr["data-amount"] != want {
-					t.Errorf("bar %d: day %s amount %s; want %s and %s", i, b.attr["data-day"], b.attr["data-amount"], day, want)
-				}
-			}
-			if h, _ := strconv.ParseFloat(bars[29].attr["height"], 64); h <= 0 {
-				t.Errorf("today's bar has height %v", h)
-			}
+			checkAnalysisCard(t, p, used, step.level)
+			checkOtherCards(t, p)
+			checkWarnings(t, p, step)
+			checkChart(t, p, now, used)
 		})
+	}
+}
+
+// dashStep is a step of TestDashboardInChromium: bob's AI analyses used,
+// and what the dashboard shows then.
+type dashStep struct {
+	used                 int
+	level                string
+	toast, banner, modal bool
+}
+
+// checkAnalysisCard checks the card of the action pushed to its limit.
+func checkAnalysisCard(t *testing.T, p *page, used int, level string) {
+	t.Helper()
+	c := p.card("ai.analysis")
+	for id, want := range map[string]string{
+		"usage-figures":   fmt.Sprintf("%d / 100", used),
+		"usage-remaining": fmt.Sprintf("%d left", 100-used),
+		"usage-percent":   fmt.Sprintf("%d %%", used),
+		"usage-reset":     "Resets on 1 Dec 2026",
+		"usage-previous":  "Last month: 0",
+	} {
+		if got := p.one(c, id).textContent(); got != want {
+			t.Errorf("ai.analysis %s = %q; want %q", id, got, want)
+		}
+	}
+	if got := c.attr["data-level"]; got != level {
+		t.Errorf("ai.analysis level %q; want %q", got, level)
+	}
+	if got := p.one(c, "usage-bar").attr["aria-valuenow"]; got != strconv.Itoa(used) {
+		t.Errorf("ai.analysis progress bar at %s; want %d", got, used)
+	}
+}
+
+// checkOtherCards checks the other kinds of card: an allocation in
+// bytes, an unlimited action, actions the plan does not include.
+func checkOtherCards(t *testing.T, p *page) {
+	t.Helper()
+	for _, want := range []struct{ action, id, text string }{
+		{"storage.bytes", "usage-figures", "1.5 KiB / 50 GiB"},
+		{"storage.bytes", "usage-reset", "Allocation: it does not reset"},
+		{"diagram.upload", "usage-figures", "1 / 100"},
+		{"procedure.view", "usage-figures", "1 used"},
+		{"procedure.view", "usage-remaining", "Unlimited"},
+		{"export.dxf", "usage-figures", "Not in your plan"},
+		{"export.dxf", "usage-upgrade", upgrades["PROFESSIONAL/export.dxf"]},
+		{"api.call", "usage-figures", "Not in your plan"},
+	} {
+		if got := p.one(p.card(want.action), want.id).textContent(); got != want.text {
+			t.Errorf("%s %s = %q; want %q", want.action, want.id, got, want.text)
+		}
+	}
+	if n := len(visible(p.doc.testID("usage-card"))); n != 8 {
+		t.Errorf("%d cards; want 8, one per action", n)
+	}
+}
+
+// checkWarnings checks the warning states. The actions that
+// PROFESSIONAL does not include (limit 0, so "exceeded") never raise one.
+func checkWarnings(t *testing.T, p *page, step dashStep) {
+	t.Helper()
+	toasts := visible(p.doc.testID("toast"))
+	banners := visible(p.doc.testID("banner"))
+	modal := visible(p.doc.testID("limit-modal"))
+	if got := len(toasts) == 1; got != step.toast || len(toasts) > 1 {
+		t.Errorf("%d toasts; want toast %t", len(toasts), step.toast)
+	}
+	if step.toast && len(toasts) == 1 {
+		want := "You have used 85 % of your AI analyses this month: 85 of 100."
+		if got := toasts[0].textContent(); !strings.HasPrefix(got, want) || toasts[0].attr["data-action"] != "ai.analysis" {
+			t.Errorf("toast %q (%s); want %q", got, toasts[0].attr["data-action"], want)
+		}
+	}
+	if got := len(banners) == 1; got != step.banner || len(banners) > 1 {
+		t.Errorf("%d banners; want banner %t", len(banners), step.banner)
+	}
+	if step.banner && len(banners) == 1 {
+		want := "You have used all your AI analyses this month (100 of 100). Resets on 1 Dec 2026."
+		if got := banners[0].textContent(); got != want {
+			t.Errorf("banner %q; want %q", got, want)
+		}
+	}
+	if got := len(modal) == 1; got != step.modal {
+		t.Errorf("modal shown %t; want %t", got, step.modal)
+	}
+	if step.modal && len(modal) == 1 {
+		if got, want := p.one(modal[0], "upgrade-prompt").textContent(), upgrades["PROFESSIONAL/ai.analysis"]; got != want {
+			t.Errorf("upgrade prompt %q; want %q", got, want)
+		}
+		if got := p.one(modal[0], "modal-limits").textContent(); !strings.HasPrefix(got, "AI analyses: 100 of 100") {
+			t.Errorf("modal lists %q; want AI analyses: 100 of 100 first", got)
+		}
+		if href := p.one(modal[0], "upgrade-button").attr["href"]; href != upgradeURL {
+			t.Errorf("upgrade button leads to %q; want %q", href, upgradeURL)
+		}
+	}
+}
+
+// checkChart checks the chart: the most used action, 30 days ending
+// today.
+func checkChart(t *testing.T, p *page, now time.Time, used int) {
+	t.Helper()
+	chart := p.one(nil, "usage-chart")
+	if got := chart.attr["data-action"]; got != "ai.analysis" {
+		t.Errorf("chart shows %q; want ai.analysis, the most used", got)
+	}
+	bars := chart.testID("chart-bar")
+	if len(bars) != 30 {
+		t.Fatalf("chart has %d bars; want 30", len(bars))
+	}
+	for i, b := range bars {
+		day := now.AddDate(0, 0, i-29).Format(time.DateOnly)
+		want := "0"
+		if i == 29 {
+			want = strconv.Itoa(used)
+		}
+		if b.attr["data-day"] != day || b.attr["data-amount"] != want {
+			t.Errorf("bar %d: day %s amount %s; want %s and %s", i, b.attr["data-day"], b.attr["data-amount"], day, want)
+		}
+	}
+	if h, _ := strconv.ParseFloat(bars[29].attr["height"], 64); h <= 0 {
+		t.Errorf("today's bar has height %v", h)
 	}
 }
 
@@ -404,6 +425,15 @@ func TestDashboardSignedOut(t *testing.T) {
 // browser.
 func TestDashboardRoutes(t *testing.T) {
 	a := newTestApp(t)
+	checkDashboardPage(t, a)
+	checkDashboardAssets(t, a)
+	checkDashboardJSON(t, a)
+}
+
+// checkDashboardPage checks the page's headers and the upgrade messages
+// it embeds.
+func checkDashboardPage(t *testing.T, a *testApp) {
+	t.Helper()
 	res := a.do("GET", "/dashboard", "", nil)
 	if res.status != 200 || !strings.HasPrefix(res.header.Get("Content-Type"), "text/html") {
 		t.Fatalf("GET /dashboard: %d %v", res.status, res.header)
@@ -430,7 +460,12 @@ func TestDashboardRoutes(t *testing.T) {
 	if err := json.Unmarshal([]byte(scripts[0].textContent()), &got); err != nil || got["FREE/ai.analysis"] != upgrades["FREE/ai.analysis"] || len(got) != len(upgrades) {
 		t.Errorf("embedded upgrades %v, %v", got, err)
 	}
+}
 
+// checkDashboardAssets checks the page's assets, what is not one, and
+// the redirect of /.
+func checkDashboardAssets(t *testing.T, a *testApp) {
+	t.Helper()
 	for path, ctype := range map[string]string{
 		"/assets/dashboard.js":  "text/javascript; charset=utf-8",
 		"/assets/dashboard.css": "text/css; charset=utf-8",
@@ -455,8 +490,12 @@ func TestDashboardRoutes(t *testing.T) {
 			t.Errorf("GET /: %d %v; want a redirect to /dashboard", res.StatusCode, res.Header)
 		}
 	}
+}
 
-	// The JSON: 401 like the other routes, 405, 400, and the report.
+// checkDashboardJSON checks /me/dashboard.json: 401 like the other
+// routes, 405, 400, and the report.
+func checkDashboardJSON(t *testing.T, a *testApp) {
+	t.Helper()
 	if res := a.do("GET", "/me/dashboard.json", "mallory", nil); res.status != 401 || res.header.Get("WWW-Authenticate") == "" {
 		t.Errorf("as mallory: %d %v; want 401 with WWW-Authenticate", res.status, res.header)
 	}
@@ -467,7 +506,7 @@ func TestDashboardRoutes(t *testing.T) {
 		t.Errorf("days=400: %d; want 400", res.status)
 	}
 	a.do("POST", "/ai/ask", "alice", `{"question":"q"}`)
-	res = a.do("GET", "/me/dashboard.json?days=30", "alice", nil)
+	res := a.do("GET", "/me/dashboard.json?days=30", "alice", nil)
 	if res.status != 200 || res.header.Get("Cache-Control") != "no-store" {
 		t.Fatalf("GET /me/dashboard.json: %d %v %s", res.status, res.header, res.body)
 	}

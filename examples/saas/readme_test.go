@@ -105,7 +105,7 @@ var volatile = []struct {
 	with string
 }{
 	{regexp.MustCompile(`(?m)^Date: .*$`), "Date: <date>"},
-	{regexp.MustCompile(`"(created_at|at|resets_at)": ?"[^"]*"`), `"$1": "<time>"`},
+	{regexp.MustCompile(`"(created_at|at|reset_at)": ?"[^"]*"`), `"$1": "<time>"`},
 	{regexp.MustCompile(`;t=\d+`), ";t=<seconds>"},
 	{regexp.MustCompile(`;w=\d+`), ";w=<seconds>"},
 	{regexp.MustCompile(`(?m)^Retry-After: \d+$`), "Retry-After: <seconds>"},
