@@ -95,16 +95,29 @@ func justify(o outcome) string {
 		return fmt.Sprintf("Decision {Subject %q, Action %q, Amount %d} for a use {%q, %q, %d}", d.Subject, d.Action, d.Amount, o.use.Subject, o.use.Action, a)
 	}
 	if d.Allowed {
-		if d.Reason != quota.ReasonNone {
-			return fmt.Sprintf("allowed %d with Reason %q", a, d.Reason)
-		}
-		for _, ls := range d.Limits {
-			if ls.Used < 0 || (ls.Limit != quota.Unlimited && ls.Used > ls.Limit) {
-				return fmt.Sprintf("allowed %d, leaving %d used of a %s limit of %d", a, ls.Used, ls.Period, ls.Limit)
-			}
-		}
-		return ""
+		return justifyAllowed(d, a)
 	}
+	return justifyDenied(d, a)
+}
+
+// justifyAllowed is justify for a decision d that allows a use of a: it
+// returns why d breaks the rules, or "".
+func justifyAllowed(d quota.Decision, a int64) string {
+	if d.Reason != quota.ReasonNone {
+		return fmt.Sprintf("allowed %d with Reason %q", a, d.Reason)
+	}
+	for _, ls := range d.Limits {
+		if ls.Used < 0 || (ls.Limit != quota.Unlimited && ls.Used > ls.Limit) {
+			return fmt.Sprintf("allowed %d, leaving %d used of a %s limit of %d", a, ls.Used, ls.Period, ls.Limit)
+		}
+	}
+	return ""
+}
+
+// justifyDenied is justify for a decision d that denies a use of a: it
+// returns why d breaks the rules (a record, or a reason its figures do
+// not bear out), or "".
+func justifyDenied(d quota.Decision, a int64) string {
 	if d.RecordID != 0 {
 		return fmt.Sprintf("denied %d with RecordID %d", a, d.RecordID)
 	}

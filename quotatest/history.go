@@ -33,7 +33,14 @@ func testHistory(t *testing.T, s *suite) {
 		t.Fatalf("%d records; want 230", len(before))
 	}
 
-	// Walk pages of 40 while 4 goroutines add 25 records each.
+	walked := historyWalk(t, e, q, subj, a)
+	wantWalked(t, before, walked)
+	historyFilters(t, e, q, subj, b, before)
+}
+
+// historyWalk walks subj's History in pages of 40 while 4 goroutines add
+// 25 records each of action a, and returns the records walked.
+func historyWalk(t *testing.T, e *env, q *quota.Quota, subj, a string) []quota.Record {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for range 4 {
@@ -70,6 +77,12 @@ func testHistory(t *testing.T, s *suite) {
 	}
 	close(stop)
 	wg.Wait()
+	return walked
+}
+
+// wantWalked checks that a walk returned records newest first, and each of
+// the records before it once and whole.
+func wantWalked(t *testing.T, before, walked []quota.Record) {
 	seen := map[int64]int{}
 	for i, r := range walked {
 		seen[r.ID]++
@@ -94,7 +107,11 @@ func testHistory(t *testing.T, s *suite) {
 	if diff := cmp.Diff(want, old, cmpTime, cmpEmpty); diff != "" {
 		t.Errorf("History walk, the records that existed before it (-want +got):\n%s", diff)
 	}
+}
 
+// historyFilters checks History's filters, a last page, and bad cursors
+// and limits, on subj's records before (every third of action b).
+func historyFilters(t *testing.T, e *env, q *quota.Quota, subj, b string, before []quota.Record) {
 	// Filters and the last page.
 	from, to := before[10].Time, before[20].Time
 	p, err := q.History(e.ctx, quota.HistoryQuery{Subject: subj, Action: b, From: from, To: to})
@@ -148,25 +165,59 @@ func testRetention(t *testing.T, s *suite) {
 		total++
 	}
 	cutoff := start.Add(50 * time.Hour)
-	from, to := start, start.Add(5*24*time.Hour)
-	snapshot := func() (series, hourly []quota.Point, top []quota.SubjectTotal, report quota.Report) {
-		t.Helper()
-		var err error
-		if series, err = q.Series(e.ctx, quota.SeriesQuery{Action: a, From: from, To: to, TimeZone: "UTC", Dense: true}); err != nil {
-			t.Fatalf("Series = %v", err)
-		}
-		if hourly, err = q.Series(e.ctx, quota.SeriesQuery{Subject: subjects[0], From: from, To: to, Step: quota.PeriodHour, ByAction: true}); err != nil {
-			t.Fatalf("Series(hourly) = %v", err)
-		}
-		if top, err = q.TopSubjects(e.ctx, quota.TopQuery{Action: b, From: from, To: to}); err != nil {
-			t.Fatalf("TopSubjects = %v", err)
-		}
-		if report, err = q.Usage(e.ctx, subjects[1]); err != nil {
-			t.Fatalf("Usage = %v", err)
-		}
-		return series, hourly, top, report
+	rc := &retentionCase{e: e, q: q, a: a, b: b, subjects: subjects, from: start, to: start.Add(5 * 24 * time.Hour)}
+	before := rc.snapshot(t)
+	old := rc.countOld(t, cutoff, total)
+
+	if _, ok := e.store.(quota.Pruner); !ok {
+		rc.refusedPrune(t, cutoff, total)
+		return
 	}
-	s1, h1, top1, r1 := snapshot()
+	rc.prune(t, cutoff, old, before)
+}
+
+// retentionCase is the state of testRetention that its steps share: two
+// subjects with uses of a and b from from, over four days.
+type retentionCase struct {
+	e        *env
+	q        *quota.Quota
+	a, b     string
+	subjects []string
+	from, to time.Time // the range of the analytics
+}
+
+// retentionSnapshot is what snapshot reads from the Quota.
+type retentionSnapshot struct {
+	series, hourly []quota.Point
+	top            []quota.SubjectTotal
+	report         quota.Report
+}
+
+// snapshot reads the daily Series of a, the hourly Series of the first
+// subject, the TopSubjects of b, and the Usage of the second subject.
+func (rc *retentionCase) snapshot(t *testing.T) (snap retentionSnapshot) {
+	t.Helper()
+	e, q, a, b, subjects, from, to := rc.e, rc.q, rc.a, rc.b, rc.subjects, rc.from, rc.to
+	var err error
+	if snap.series, err = q.Series(e.ctx, quota.SeriesQuery{Action: a, From: from, To: to, TimeZone: "UTC", Dense: true}); err != nil {
+		t.Fatalf("Series = %v", err)
+	}
+	if snap.hourly, err = q.Series(e.ctx, quota.SeriesQuery{Subject: subjects[0], From: from, To: to, Step: quota.PeriodHour, ByAction: true}); err != nil {
+		t.Fatalf("Series(hourly) = %v", err)
+	}
+	if snap.top, err = q.TopSubjects(e.ctx, quota.TopQuery{Action: b, From: from, To: to}); err != nil {
+		t.Fatalf("TopSubjects = %v", err)
+	}
+	if snap.report, err = q.Usage(e.ctx, subjects[1]); err != nil {
+		t.Fatalf("Usage = %v", err)
+	}
+	return snap
+}
+
+// countOld returns the number of records before cutoff, failing t unless
+// some of the total records are, and not all.
+func (rc *retentionCase) countOld(t *testing.T, cutoff time.Time, total int64) int64 {
+	e, subjects := rc.e, rc.subjects
 	all := e.records(t, quota.RecordQuery{Subject: subjects[0]})
 	all = append(all, e.records(t, quota.RecordQuery{Subject: subjects[1]})...)
 	var old int64
@@ -178,34 +229,43 @@ func testRetention(t *testing.T, s *suite) {
 	if old == 0 || old == total {
 		t.Fatalf("%d of %d records before the cutoff; want some, not all", old, total)
 	}
+	return old
+}
 
-	if _, ok := e.store.(quota.Pruner); !ok {
-		// Prune is optional: without it nothing may change.
-		n, err := q.Prune(e.ctx, cutoff, 7)
-		if n != 0 || !errors.Is(err, errors.ErrUnsupported) {
-			t.Fatalf("Prune of a store that is not a Pruner = %d, %v; want 0 and an error matching errors.ErrUnsupported", n, err)
-		}
-		if got := int64(len(e.records(t, quota.RecordQuery{Subject: subjects[0]})) + len(e.records(t, quota.RecordQuery{Subject: subjects[1]}))); got != total {
-			t.Fatalf("after a refused Prune: %d records; want %d", got, total)
-		}
-		return
+// refusedPrune checks that without a Pruner, Prune refuses and leaves the
+// total records alone.
+func (rc *retentionCase) refusedPrune(t *testing.T, cutoff time.Time, total int64) {
+	e, q, subjects := rc.e, rc.q, rc.subjects
+	// Prune is optional: without it nothing may change.
+	n, err := q.Prune(e.ctx, cutoff, 7)
+	if n != 0 || !errors.Is(err, errors.ErrUnsupported) {
+		t.Fatalf("Prune of a store that is not a Pruner = %d, %v; want 0 and an error matching errors.ErrUnsupported", n, err)
 	}
+	if got := int64(len(e.records(t, quota.RecordQuery{Subject: subjects[0]})) + len(e.records(t, quota.RecordQuery{Subject: subjects[1]}))); got != total {
+		t.Fatalf("after a refused Prune: %d records; want %d", got, total)
+	}
+}
+
+// prune checks that Prune removes the old records before cutoff, in
+// batches, and leaves the analytics as they were before.
+func (rc *retentionCase) prune(t *testing.T, cutoff time.Time, old int64, before retentionSnapshot) {
+	e, q := rc.e, rc.q
 	n, err := q.Prune(e.ctx, cutoff, 7)
 	if err != nil || n != old {
 		t.Fatalf("Prune(cutoff, batches of 7) = %d, %v; want %d, nil", n, err, old)
 	}
-	for _, sub := range subjects {
+	for _, sub := range rc.subjects {
 		for _, r := range e.records(t, quota.RecordQuery{Subject: sub}) {
 			if r.Time.Before(cutoff) {
 				t.Errorf("record %d at %v survived Prune(%v)", r.ID, r.Time, cutoff)
 			}
 		}
 	}
-	s2, h2, top2, r2 := snapshot()
+	after := rc.snapshot(t)
 	for _, d := range []struct {
 		name      string
 		want, got any
-	}{{"daily Series of a", s1, s2}, {"hourly Series of s1", h1, h2}, {"TopSubjects of b", top1, top2}, {"Usage of s2", r1, r2}} {
+	}{{"daily Series of a", before.series, after.series}, {"hourly Series of s1", before.hourly, after.hourly}, {"TopSubjects of b", before.top, after.top}, {"Usage of s2", before.report, after.report}} {
 		if diff := cmp.Diff(d.want, d.got, cmpTime); diff != "" {
 			t.Errorf("%s changed by Prune (-before +after):\n%s", d.name, diff)
 		}

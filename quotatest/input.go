@@ -35,141 +35,210 @@ var badNames = []struct{ what, s string }{
 // is an error.
 func testBadInput(t *testing.T, s *suite) {
 	e := s.env(t)
-	const calls, storage = "api.call", "storage.bytes"
 	cfg := quota.Config{Plans: []quota.Plan{plan("P", map[string][]quota.Limit{
-		calls:   {quota.PerMonth(100)},
-		storage: {quota.Total(1000)},
+		badCalls:   {quota.PerMonth(100)},
+		badStorage: {quota.Total(1000)},
 	}, "api_access")}}
 	q := e.quota(t, cfg)
 	subj, stranger := e.name("s"), e.name("stranger")
 	e.subscribe(t, q, subj, "P")
-	track(t, e.ctx, q, quota.Use{Subject: subj, Action: calls, Amount: 1})
+	track(t, e.ctx, q, quota.Use{Subject: subj, Action: badCalls, Amount: 1})
+	b := &badCase{e: e, q: q, cfg: cfg, subj: subj, stranger: stranger}
 	// A marker: every record after it was written by this case.
-	mark := consume(t, e.ctx, q, quota.Use{Subject: subj, Action: storage, Amount: 500}).RecordID
-	keys := []quota.CounterKey{
-		monthOf(subj, calls).key, allocOf(subj, storage).key,
-		monthOf(stranger, calls).key, allocOf(stranger, storage).key,
+	b.mark = consume(t, e.ctx, q, quota.Use{Subject: subj, Action: badStorage, Amount: 500}).RecordID
+	b.keys = []quota.CounterKey{
+		monthOf(subj, badCalls).key, allocOf(subj, badStorage).key,
+		monthOf(stranger, badCalls).key, allocOf(stranger, badStorage).key,
 	}
-	before := e.counters(t, keys...)
-	wantSub, err := e.store.GetSubscription(e.ctx, subj)
+	b.before = e.counters(t, b.keys...)
+	var err error
+	b.wantSub, err = e.store.GetSubscription(e.ctx, subj)
 	if err != nil {
 		t.Fatalf("Store.GetSubscription(%q) = %v", subj, err)
 	}
-	nothingWritten := func(what string) {
-		t.Helper()
-		if got := e.since(t, mark); len(got) != 0 {
-			t.Errorf("%s wrote records %+v; want none", what, got)
-		}
-		if diff := cmp.Diff(before, e.counters(t, keys...), cmpTime); diff != "" {
-			t.Errorf("%s changed counters (-before +after):\n%s", what, diff)
-		}
-		got, err := e.store.GetSubscription(e.ctx, subj)
-		if diff := cmp.Diff(wantSub, got, cmpTime, cmpEmpty); diff != "" || err != nil {
-			t.Errorf("%s changed the subscription: %v (-before +after):\n%s", what, err, diff)
-		}
-		if _, err := e.store.GetSubscription(e.ctx, stranger); !errors.Is(err, quota.ErrNoSubscription) {
-			t.Errorf("%s: Store.GetSubscription(stranger) = %v; want ErrNoSubscription", what, err)
-		}
-	}
-	type bad struct {
-		what string
-		do   func(ctx context.Context) error
-		want error
-	}
-	var cases []bad
-	// uses adds u to cases through Consume, Track, Check and Reserve
-	// (unless skipped).
-	uses := func(what string, want error, u quota.Use, skip ...string) {
-		ops := []struct {
-			name string
-			do   func(ctx context.Context, u quota.Use) error
-		}{
-			{"Consume", func(ctx context.Context, u quota.Use) error { _, err := q.Consume(ctx, u); return err }},
-			{"Track", func(ctx context.Context, u quota.Use) error { _, err := q.Track(ctx, u); return err }},
-			{"Check", func(ctx context.Context, u quota.Use) error { _, err := q.Check(ctx, u); return err }},
-			{"Reserve", func(ctx context.Context, u quota.Use) error { _, err := q.Reserve(ctx, u); return err }},
-		}
-	next:
-		for _, op := range ops {
-			for _, s := range skip {
-				if s == op.name {
-					continue next
-				}
-			}
-			cases = append(cases, bad{op.name + " with " + what, func(ctx context.Context) error { return op.do(ctx, u) }, want})
-		}
-	}
-	use := func(f func(u *quota.Use)) quota.Use {
-		u := quota.Use{Subject: subj, Action: calls, Amount: 1}
-		f(&u)
-		return u
-	}
 
+	var cases []badCall
 	for _, n := range badNames {
-		uses(n.what+" subject", quota.ErrInvalidSubject, use(func(u *quota.Use) { u.Subject = n.s }))
-		uses(n.what+" action", quota.ErrInvalidAction, use(func(u *quota.Use) { u.Action = n.s }))
-		if n.s != "" { // no key and no resource id are fine
-			uses(n.what+" key", quota.ErrInvalidKey, use(func(u *quota.Use) { u.Key = n.s }))
-			uses(n.what+" resource id", quota.ErrInvalidName, use(func(u *quota.Use) { u.ResourceID = n.s }))
-			cases = append(cases,
-				bad{"History with " + n.what + " subject", func(ctx context.Context) error {
-					_, err := q.History(ctx, quota.HistoryQuery{Subject: n.s})
-					return err
-				}, quota.ErrInvalidSubject},
-				bad{"History with " + n.what + " action", func(ctx context.Context) error {
-					_, err := q.History(ctx, quota.HistoryQuery{Action: n.s})
-					return err
-				}, quota.ErrInvalidAction},
-			)
-		}
-		cases = append(cases,
-			bad{"Subscribe with " + n.what + " subject", func(ctx context.Context) error {
-				return q.Subscribe(ctx, quota.Subscription{Subject: n.s, Plan: "P", Anchor: anchor0})
-			}, quota.ErrInvalidSubject},
-			bad{"SchedulePlan with " + n.what + " subject", func(ctx context.Context) error {
-				_, err := q.SchedulePlan(ctx, n.s, "P")
-				return err
-			}, quota.ErrInvalidSubject},
-			bad{"Subscription with " + n.what + " subject", func(ctx context.Context) error {
-				_, err := q.Subscription(ctx, n.s)
-				return err
-			}, quota.ErrInvalidSubject},
-			bad{"Usage with " + n.what + " subject", func(ctx context.Context) error {
-				_, err := q.Usage(ctx, n.s)
-				return err
-			}, quota.ErrInvalidSubject},
-			bad{"HasFeature with " + n.what + " subject", func(ctx context.Context) error {
-				_, err := q.HasFeature(ctx, n.s, "api_access")
-				return err
-			}, quota.ErrInvalidSubject},
-			bad{"HasFeature with " + n.what + " feature", func(ctx context.Context) error {
-				_, err := q.HasFeature(ctx, subj, n.s)
-				return err
-			}, quota.ErrInvalidName},
-		)
-		if n.s != "" { // no time zone means UTC
-			cases = append(cases, bad{"Subscribe with " + n.what + " time zone", func(ctx context.Context) error {
-				return q.Subscribe(ctx, quota.Subscription{Subject: subj, Plan: "P", Anchor: anchor0, TimeZone: n.s})
-			}, quota.ErrInvalidSubscription})
-		}
+		cases = append(cases, b.badNameCalls(n.what, n.s)...)
 	}
+	cases = append(cases, b.badAmountCalls()...)
+	cases = append(cases, b.otherBadCalls()...)
+	for _, c := range cases {
+		if err := c.do(e.ctx); !errors.Is(err, c.want) {
+			t.Errorf("%s = %v; want an error matching %v", c.what, err, c.want)
+		}
+		b.nothingWritten(t, c.what)
+	}
+	cancelled, cancel := context.WithCancel(e.ctx)
+	cancel()
+	b.badContexts(t, cancelled)
+	b.badStoreContexts(t, cancelled)
 
+	// Controls: good input writes, as the checks above would see.
+	t.Run("Control", b.testControl)
+	t.Run("DefaultPlan", b.testDefaultPlan)
+}
+
+// The actions of testBadInput: badCalls has a limit of 100 a month,
+// badStorage is an allocation of 1000.
+const badCalls, badStorage = "api.call", "storage.bytes"
+
+// badCase is the state of testBadInput that its steps share: a subject
+// subscribed to plan P, with a use of each action, and a stranger without
+// subscription; and what the store held after those uses.
+type badCase struct {
+	e              *env
+	q              *quota.Quota
+	cfg            quota.Config
+	subj, stranger string
+	mark           int64              // the ID of the last record of the setup
+	keys           []quota.CounterKey // the counters of both subjects
+	before         []quota.Counter    // the counters of keys
+	wantSub        quota.Subscription // subj's subscription
+}
+
+// badCall is a call with bad input: do must fail with an error matching
+// want.
+type badCall struct {
+	what string
+	do   func(ctx context.Context) error
+	want error
+}
+
+// nothingWritten fails t if the store changed since the setup: a record
+// after the marker, a counter, or a subscription.
+func (b *badCase) nothingWritten(t *testing.T, what string) {
+	t.Helper()
+	e := b.e
+	if got := e.since(t, b.mark); len(got) != 0 {
+		t.Errorf("%s wrote records %+v; want none", what, got)
+	}
+	if diff := cmp.Diff(b.before, e.counters(t, b.keys...), cmpTime); diff != "" {
+		t.Errorf("%s changed counters (-before +after):\n%s", what, diff)
+	}
+	got, err := e.store.GetSubscription(e.ctx, b.subj)
+	if diff := cmp.Diff(b.wantSub, got, cmpTime, cmpEmpty); diff != "" || err != nil {
+		t.Errorf("%s changed the subscription: %v (-before +after):\n%s", what, err, diff)
+	}
+	if _, err := e.store.GetSubscription(e.ctx, b.stranger); !errors.Is(err, quota.ErrNoSubscription) {
+		t.Errorf("%s: Store.GetSubscription(stranger) = %v; want ErrNoSubscription", what, err)
+	}
+}
+
+// useCalls returns the calls of u through Consume, Track, Check and
+// Reserve (unless skipped).
+func (b *badCase) useCalls(what string, want error, u quota.Use, skip ...string) []badCall {
+	q := b.q
+	ops := []struct {
+		name string
+		do   func(ctx context.Context, u quota.Use) error
+	}{
+		{"Consume", func(ctx context.Context, u quota.Use) error { _, err := q.Consume(ctx, u); return err }},
+		{"Track", func(ctx context.Context, u quota.Use) error { _, err := q.Track(ctx, u); return err }},
+		{"Check", func(ctx context.Context, u quota.Use) error { _, err := q.Check(ctx, u); return err }},
+		{"Reserve", func(ctx context.Context, u quota.Use) error { _, err := q.Reserve(ctx, u); return err }},
+	}
+	var cases []badCall
+next:
+	for _, op := range ops {
+		for _, s := range skip {
+			if s == op.name {
+				continue next
+			}
+		}
+		cases = append(cases, badCall{op.name + " with " + what, func(ctx context.Context) error { return op.do(ctx, u) }, want})
+	}
+	return cases
+}
+
+// use returns subj's use of 1 badCalls, changed by f.
+func (b *badCase) use(f func(u *quota.Use)) quota.Use {
+	u := quota.Use{Subject: b.subj, Action: badCalls, Amount: 1}
+	f(&u)
+	return u
+}
+
+// badNameCalls returns the calls with the bad name s (one of badNames,
+// which is what) in each place a name goes.
+func (b *badCase) badNameCalls(what, s string) []badCall {
+	q, subj, use := b.q, b.subj, b.use
+	var cases []badCall
+	uses := func(what string, want error, u quota.Use, skip ...string) {
+		cases = append(cases, b.useCalls(what, want, u, skip...)...)
+	}
+	uses(what+" subject", quota.ErrInvalidSubject, use(func(u *quota.Use) { u.Subject = s }))
+	uses(what+" action", quota.ErrInvalidAction, use(func(u *quota.Use) { u.Action = s }))
+	if s != "" { // no key and no resource id are fine
+		uses(what+" key", quota.ErrInvalidKey, use(func(u *quota.Use) { u.Key = s }))
+		uses(what+" resource id", quota.ErrInvalidName, use(func(u *quota.Use) { u.ResourceID = s }))
+		cases = append(cases,
+			badCall{"History with " + what + " subject", func(ctx context.Context) error {
+				_, err := q.History(ctx, quota.HistoryQuery{Subject: s})
+				return err
+			}, quota.ErrInvalidSubject},
+			badCall{"History with " + what + " action", func(ctx context.Context) error {
+				_, err := q.History(ctx, quota.HistoryQuery{Action: s})
+				return err
+			}, quota.ErrInvalidAction},
+		)
+	}
+	cases = append(cases,
+		badCall{"Subscribe with " + what + " subject", func(ctx context.Context) error {
+			return q.Subscribe(ctx, quota.Subscription{Subject: s, Plan: "P", Anchor: anchor0})
+		}, quota.ErrInvalidSubject},
+		badCall{"SchedulePlan with " + what + " subject", func(ctx context.Context) error {
+			_, err := q.SchedulePlan(ctx, s, "P")
+			return err
+		}, quota.ErrInvalidSubject},
+		badCall{"Subscription with " + what + " subject", func(ctx context.Context) error {
+			_, err := q.Subscription(ctx, s)
+			return err
+		}, quota.ErrInvalidSubject},
+		badCall{"Usage with " + what + " subject", func(ctx context.Context) error {
+			_, err := q.Usage(ctx, s)
+			return err
+		}, quota.ErrInvalidSubject},
+		badCall{"HasFeature with " + what + " subject", func(ctx context.Context) error {
+			_, err := q.HasFeature(ctx, s, "api_access")
+			return err
+		}, quota.ErrInvalidSubject},
+		badCall{"HasFeature with " + what + " feature", func(ctx context.Context) error {
+			_, err := q.HasFeature(ctx, subj, s)
+			return err
+		}, quota.ErrInvalidName},
+	)
+	if s != "" { // no time zone means UTC
+		cases = append(cases, badCall{"Subscribe with " + what + " time zone", func(ctx context.Context) error {
+			return q.Subscribe(ctx, quota.Subscription{Subject: subj, Plan: "P", Anchor: anchor0, TimeZone: s})
+		}, quota.ErrInvalidSubscription})
+	}
+	return cases
+}
+
+// badAmountCalls returns the uses with a bad amount, an unknown action,
+// no subscription or bad metadata.
+func (b *badCase) badAmountCalls() []badCall {
+	use, stranger := b.use, b.stranger
+	var cases []badCall
+	uses := func(what string, want error, u quota.Use, skip ...string) {
+		cases = append(cases, b.useCalls(what, want, u, skip...)...)
+	}
 	amount := func(action string, n int64) quota.Use {
 		return use(func(u *quota.Use) { u.Action, u.Amount = action, n })
 	}
-	uses("zero amount", quota.ErrInvalidAmount, amount(calls, 0))
-	uses("zero amount on an allocation", quota.ErrInvalidAmount, amount(storage, 0))
-	uses("negative amount on a counter", quota.ErrInvalidAmount, amount(calls, -1))
-	uses("MinInt64 on a counter", quota.ErrInvalidAmount, amount(calls, math.MinInt64))
-	uses("MaxAmount+1", quota.ErrInvalidAmount, amount(calls, quota.MaxAmount+1))
-	uses("MaxInt64", quota.ErrInvalidAmount, amount(calls, math.MaxInt64))
-	uses("MaxAmount+1 on an allocation", quota.ErrInvalidAmount, amount(storage, quota.MaxAmount+1))
-	uses("-MaxAmount-1 on an allocation", quota.ErrInvalidAmount, amount(storage, -quota.MaxAmount-1), "Reserve")
-	uses("MinInt64 on an allocation", quota.ErrInvalidAmount, amount(storage, math.MinInt64), "Reserve")
-	uses("negative amount", quota.ErrInvalidAmount, amount(storage, -1), "Consume", "Track", "Check")
+	uses("zero amount", quota.ErrInvalidAmount, amount(badCalls, 0))
+	uses("zero amount on an allocation", quota.ErrInvalidAmount, amount(badStorage, 0))
+	uses("negative amount on a counter", quota.ErrInvalidAmount, amount(badCalls, -1))
+	uses("MinInt64 on a counter", quota.ErrInvalidAmount, amount(badCalls, math.MinInt64))
+	uses("MaxAmount+1", quota.ErrInvalidAmount, amount(badCalls, quota.MaxAmount+1))
+	uses("MaxInt64", quota.ErrInvalidAmount, amount(badCalls, math.MaxInt64))
+	uses("MaxAmount+1 on an allocation", quota.ErrInvalidAmount, amount(badStorage, quota.MaxAmount+1))
+	uses("-MaxAmount-1 on an allocation", quota.ErrInvalidAmount, amount(badStorage, -quota.MaxAmount-1), "Reserve")
+	uses("MinInt64 on an allocation", quota.ErrInvalidAmount, amount(badStorage, math.MinInt64), "Reserve")
+	uses("negative amount", quota.ErrInvalidAmount, amount(badStorage, -1), "Consume", "Track", "Check")
 	uses("unknown action", quota.ErrUnknownAction, amount("no.such.action", 1))
 	uses("no subscription", quota.ErrNoSubscription, use(func(u *quota.Use) { u.Subject = stranger }))
-	uses("no subscription, on an allocation", quota.ErrNoSubscription, use(func(u *quota.Use) { u.Subject, u.Action = stranger, storage }))
+	uses("no subscription, on an allocation", quota.ErrNoSubscription, use(func(u *quota.Use) { u.Subject, u.Action = stranger, badStorage }))
 	for what, md := range map[string]map[string]any{
 		"channel metadata":       {"c": make(chan int)},
 		"function metadata":      {"f": func() {}},
@@ -180,81 +249,86 @@ func testBadInput(t *testing.T, s *suite) {
 	} {
 		uses(what, quota.ErrInvalidMetadata, use(func(u *quota.Use) { u.Metadata = md }))
 	}
-	cases = append(cases,
-		bad{"CommitReservation of 0", func(ctx context.Context) error {
+	return cases
+}
+
+// otherBadCalls returns the other calls with bad input: reservations
+// that do not exist, plans, time zones and overrides that do not fit, and
+// a missing subscription or store.
+func (b *badCase) otherBadCalls() []badCall {
+	q, cfg, subj, stranger := b.q, b.cfg, b.subj, b.stranger
+	return []badCall{
+		{"CommitReservation of 0", func(ctx context.Context) error {
 			_, err := q.CommitReservation(ctx, "no-such-hold", 0)
 			return err
 		}, quota.ErrInvalidAmount},
-		bad{"CommitReservation of MaxAmount+1", func(ctx context.Context) error {
+		{"CommitReservation of MaxAmount+1", func(ctx context.Context) error {
 			_, err := q.CommitReservation(ctx, "no-such-hold", quota.MaxAmount+1)
 			return err
 		}, quota.ErrInvalidAmount},
-		bad{"CommitReservation of no ID", func(ctx context.Context) error {
+		{"CommitReservation of no ID", func(ctx context.Context) error {
 			_, err := q.CommitReservation(ctx, "", 1)
 			return err
 		}, quota.ErrReservationNotFound},
-		bad{"CommitReservation of an unknown ID", func(ctx context.Context) error {
+		{"CommitReservation of an unknown ID", func(ctx context.Context) error {
 			_, err := q.CommitReservation(ctx, "no-such-hold", 1)
 			return err
 		}, quota.ErrReservationNotFound},
-		bad{"CancelReservation of no ID", func(ctx context.Context) error { return q.CancelReservation(ctx, "") }, quota.ErrReservationNotFound},
-		bad{"CancelReservation of an unknown ID", func(ctx context.Context) error { return q.CancelReservation(ctx, "no-such-hold") }, quota.ErrReservationNotFound},
-		bad{"Subscribe to an unknown plan", func(ctx context.Context) error {
+		{"CancelReservation of no ID", func(ctx context.Context) error { return q.CancelReservation(ctx, "") }, quota.ErrReservationNotFound},
+		{"CancelReservation of an unknown ID", func(ctx context.Context) error { return q.CancelReservation(ctx, "no-such-hold") }, quota.ErrReservationNotFound},
+		{"Subscribe to an unknown plan", func(ctx context.Context) error {
 			return q.Subscribe(ctx, quota.Subscription{Subject: subj, Plan: "NOPE", Anchor: anchor0})
 		}, quota.ErrUnknownPlan},
-		bad{"Subscribe a stranger to an unknown plan", func(ctx context.Context) error {
+		{"Subscribe a stranger to an unknown plan", func(ctx context.Context) error {
 			return q.Subscribe(ctx, quota.Subscription{Subject: stranger, Plan: "NOPE"})
 		}, quota.ErrUnknownPlan},
-		bad{"Subscribe with an unknown time zone", func(ctx context.Context) error {
+		{"Subscribe with an unknown time zone", func(ctx context.Context) error {
 			return q.Subscribe(ctx, quota.Subscription{Subject: subj, Plan: "P", Anchor: anchor0, TimeZone: "Mars/Olympus_Mons"})
 		}, quota.ErrInvalidSubscription},
-		bad{"Subscribe with an override of an unknown action", func(ctx context.Context) error {
+		{"Subscribe with an override of an unknown action", func(ctx context.Context) error {
 			return q.Subscribe(ctx, quota.Subscription{Subject: subj, Plan: "P", Anchor: anchor0,
 				Overrides: map[string][]quota.Limit{"no.such.action": {quota.PerDay(1)}}})
 		}, quota.ErrUnknownAction},
-		bad{"Subscribe with a negative override", func(ctx context.Context) error {
+		{"Subscribe with a negative override", func(ctx context.Context) error {
 			return q.Subscribe(ctx, quota.Subscription{Subject: subj, Plan: "P", Anchor: anchor0,
-				Overrides: map[string][]quota.Limit{calls: {quota.PerDay(-5)}}})
+				Overrides: map[string][]quota.Limit{badCalls: {quota.PerDay(-5)}}})
 		}, quota.ErrInvalidSubscription},
-		bad{"Subscribe with an empty override", func(ctx context.Context) error {
+		{"Subscribe with an empty override", func(ctx context.Context) error {
 			return q.Subscribe(ctx, quota.Subscription{Subject: subj, Plan: "P", Anchor: anchor0,
-				Overrides: map[string][]quota.Limit{calls: {}}})
+				Overrides: map[string][]quota.Limit{badCalls: {}}})
 		}, quota.ErrInvalidSubscription},
-		bad{"SchedulePlan of an unknown plan", func(ctx context.Context) error {
+		{"SchedulePlan of an unknown plan", func(ctx context.Context) error {
 			_, err := q.SchedulePlan(ctx, subj, "NOPE")
 			return err
 		}, quota.ErrUnknownPlan},
-		bad{"SchedulePlan without subscription", func(ctx context.Context) error {
+		{"SchedulePlan without subscription", func(ctx context.Context) error {
 			_, err := q.SchedulePlan(ctx, stranger, "P")
 			return err
 		}, quota.ErrNoSubscription},
-		bad{"Subscription without subscription", func(ctx context.Context) error {
+		{"Subscription without subscription", func(ctx context.Context) error {
 			_, err := q.Subscription(ctx, stranger)
 			return err
 		}, quota.ErrNoSubscription},
-		bad{"Usage without subscription", func(ctx context.Context) error {
+		{"Usage without subscription", func(ctx context.Context) error {
 			_, err := q.Usage(ctx, stranger)
 			return err
 		}, quota.ErrNoSubscription},
-		bad{"HasFeature without subscription", func(ctx context.Context) error {
+		{"HasFeature without subscription", func(ctx context.Context) error {
 			_, err := q.HasFeature(ctx, stranger, "api_access")
 			return err
 		}, quota.ErrNoSubscription},
-		bad{"New with a nil store", func(context.Context) error {
+		{"New with a nil store", func(context.Context) error {
 			_, err := quota.New(nil, cfg)
 			return err
 		}, quota.ErrNilStore},
-	)
-	for _, c := range cases {
-		if err := c.do(e.ctx); !errors.Is(err, c.want) {
-			t.Errorf("%s = %v; want an error matching %v", c.what, err, c.want)
-		}
-		nothingWritten(c.what)
 	}
+}
 
-	// Every method, with arguments that would write, fails on a nil or a
-	// cancelled context and writes nothing.
-	good := quota.Use{Subject: subj, Action: calls, Amount: 1, Key: "k"}
+// badContexts checks that every method, with arguments that would write,
+// fails on a nil or a cancelled context and writes nothing.
+func (b *badCase) badContexts(t *testing.T, cancelled context.Context) {
+	q, subj, stranger := b.q, b.subj, b.stranger
+	good := quota.Use{Subject: subj, Action: badCalls, Amount: 1, Key: "k"}
 	methods := []struct {
 		name string
 		do   func(ctx context.Context) error
@@ -278,20 +352,21 @@ func testBadInput(t *testing.T, s *suite) {
 		}},
 	}
 	var nilCtx context.Context
-	cancelled, cancel := context.WithCancel(e.ctx)
-	cancel()
 	for _, m := range methods {
 		wantErr(t, m.name+"(nil context)", m.do(nilCtx), quota.ErrNilContext)
-		nothingWritten(m.name + "(nil context)")
+		b.nothingWritten(t, m.name+"(nil context)")
 		wantErr(t, m.name+"(cancelled context)", m.do(cancelled), context.Canceled)
-		nothingWritten(m.name + "(cancelled context)")
+		b.nothingWritten(t, m.name+"(cancelled context)")
 	}
+}
 
-	// The store itself, given a cancelled context, fails and writes
-	// nothing.
+// badStoreContexts checks that the store itself, given a cancelled
+// context, fails and writes nothing.
+func (b *badCase) badStoreContexts(t *testing.T, cancelled context.Context) {
+	e, subj, stranger, keys := b.e, b.subj, b.stranger, b.keys
 	op := &quota.Op{
-		Counters: []quota.CounterOp{{CounterKey: monthOf(subj, calls).key, End: monthOf(subj, calls).end, Max: 100}},
-		Record:   quota.Record{Subject: subj, Action: calls, Amount: 1, Time: t0},
+		Counters: []quota.CounterOp{{CounterKey: monthOf(subj, badCalls).key, End: monthOf(subj, badCalls).end, Max: 100}},
+		Record:   quota.Record{Subject: subj, Action: badCalls, Amount: 1, Time: t0},
 		Enforce:  true,
 		Now:      t0,
 	}
@@ -318,55 +393,56 @@ func testBadInput(t *testing.T, s *suite) {
 	}
 	for _, m := range store {
 		wantErr(t, "Store."+m.name+"(cancelled context)", m.do(cancelled), context.Canceled)
-		nothingWritten("Store." + m.name + "(cancelled context)")
+		b.nothingWritten(t, "Store."+m.name+"(cancelled context)")
 	}
 	if c := e.counters(t, keys[0])[0]; c.Held != 0 {
 		t.Errorf("Store.Apply of a hold with a cancelled context: Held %d; want 0", c.Held)
 	}
+}
 
-	// Controls: good input writes, as the checks above would see.
-	t.Run("Control", func(t *testing.T) {
-		d := consume(t, e.ctx, q, quota.Use{Subject: subj, Action: calls, Amount: 2})
-		if got := e.since(t, mark); len(got) != 1 || got[0].ID != d.RecordID {
-			t.Errorf("Consume(2) wrote %+v; want one record with ID %d", got, d.RecordID)
-		}
-		if c := e.counters(t, keys[0])[0]; c.Used != before[0].Used+2 {
-			t.Errorf("Consume(2): counter %d; want %d", c.Used, before[0].Used+2)
-		}
-		// Boundaries that are valid: a name of exactly MaxNameLen bytes,
-		// metadata of exactly MaxMetadataLen bytes, MaxAmount.
-		long := strings.Repeat("😀", quota.MaxNameLen/4)
-		md := map[string]any{"x": strings.Repeat("a", quota.MaxMetadataLen-8)}
-		d = track(t, e.ctx, q, quota.Use{Subject: subj, Action: calls, Amount: quota.MaxAmount, Key: long, ResourceID: long, Metadata: md})
-		if !d.Allowed || d.RecordID == 0 {
-			t.Errorf("Track(MaxAmount, 256-byte key and resource id, 16 KiB metadata) = %+v; want allowed and recorded", d)
-		}
-		wantAllowed(t, "Check(-500) of 500 on an allocation", check(t, e.ctx, q, quota.Use{Subject: subj, Action: storage, Amount: -500}), 500)
-	})
+func (b *badCase) testControl(t *testing.T) {
+	e, q, subj := b.e, b.q, b.subj
+	d := consume(t, e.ctx, q, quota.Use{Subject: subj, Action: badCalls, Amount: 2})
+	if got := e.since(t, b.mark); len(got) != 1 || got[0].ID != d.RecordID {
+		t.Errorf("Consume(2) wrote %+v; want one record with ID %d", got, d.RecordID)
+	}
+	if c := e.counters(t, b.keys[0])[0]; c.Used != b.before[0].Used+2 {
+		t.Errorf("Consume(2): counter %d; want %d", c.Used, b.before[0].Used+2)
+	}
+	// Boundaries that are valid: a name of exactly MaxNameLen bytes,
+	// metadata of exactly MaxMetadataLen bytes, MaxAmount.
+	long := strings.Repeat("😀", quota.MaxNameLen/4)
+	md := map[string]any{"x": strings.Repeat("a", quota.MaxMetadataLen-8)}
+	d = track(t, e.ctx, q, quota.Use{Subject: subj, Action: badCalls, Amount: quota.MaxAmount, Key: long, ResourceID: long, Metadata: md})
+	if !d.Allowed || d.RecordID == 0 {
+		t.Errorf("Track(MaxAmount, 256-byte key and resource id, 16 KiB metadata) = %+v; want allowed and recorded", d)
+	}
+	wantAllowed(t, "Check(-500) of 500 on an allocation", check(t, e.ctx, q, quota.Use{Subject: subj, Action: badStorage, Amount: -500}), 500)
+}
 
-	t.Run("DefaultPlan", func(t *testing.T) {
-		// With a default plan, a subject without subscription works, on
-		// calendar months in UTC, and is not subscribed by it.
-		cfg := cfg
-		cfg.DefaultPlan = "P"
-		q := e.quota(t, cfg)
-		subj := e.name("default")
-		d := consume(t, e.ctx, q, quota.Use{Subject: subj, Action: calls, Amount: 3})
-		wantAllowed(t, "Consume(3) on the default plan", d, 3)
-		if d.Plan != "P" || !d.PeriodStart.Equal(anchor0) {
-			t.Errorf("Consume(3) on the default plan: plan %q, window from %v; want P, %v", d.Plan, d.PeriodStart, anchor0)
-		}
-		if c, recs := e.ledger(t, monthOf(subj, calls)); c.Used != 3 || len(recs) != 1 {
-			t.Errorf("default plan: counter %d, %d records; want 3, 1", c.Used, len(recs))
-		}
-		if _, err := q.Subscription(e.ctx, subj); !errors.Is(err, quota.ErrNoSubscription) {
-			t.Errorf("Subscription() of a subject on the default plan = %v; want ErrNoSubscription", err)
-		}
-		cfg.DefaultPlan = "NOPE"
-		if _, err := quota.New(e.store, cfg); !errors.Is(err, quota.ErrUnknownPlan) {
-			t.Errorf("New(DefaultPlan: unknown) = %v; want ErrUnknownPlan", err)
-		}
-	})
+func (b *badCase) testDefaultPlan(t *testing.T) {
+	e := b.e
+	// With a default plan, a subject without subscription works, on
+	// calendar months in UTC, and is not subscribed by it.
+	cfg := b.cfg
+	cfg.DefaultPlan = "P"
+	q := e.quota(t, cfg)
+	subj := e.name("default")
+	d := consume(t, e.ctx, q, quota.Use{Subject: subj, Action: badCalls, Amount: 3})
+	wantAllowed(t, "Consume(3) on the default plan", d, 3)
+	if d.Plan != "P" || !d.PeriodStart.Equal(anchor0) {
+		t.Errorf("Consume(3) on the default plan: plan %q, window from %v; want P, %v", d.Plan, d.PeriodStart, anchor0)
+	}
+	if c, recs := e.ledger(t, monthOf(subj, badCalls)); c.Used != 3 || len(recs) != 1 {
+		t.Errorf("default plan: counter %d, %d records; want 3, 1", c.Used, len(recs))
+	}
+	if _, err := q.Subscription(e.ctx, subj); !errors.Is(err, quota.ErrNoSubscription) {
+		t.Errorf("Subscription() of a subject on the default plan = %v; want ErrNoSubscription", err)
+	}
+	cfg.DefaultPlan = "NOPE"
+	if _, err := quota.New(e.store, cfg); !errors.Is(err, quota.ErrUnknownPlan) {
+		t.Errorf("New(DefaultPlan: unknown) = %v; want ErrUnknownPlan", err)
+	}
 }
 
 // testCancelledContexts checks invariant 2 when contexts are cancelled in

@@ -79,13 +79,7 @@ func testRecords(t *testing.T, s *suite) {
 		"nested": map[string]any{"list": []any{1, 2.5, "three", nil, true, math.Copysign(0, -1)}, "big": 9007199254740993},
 		"empty":  map[string]any{},
 	}
-	steps := []struct {
-		subj, action string
-		amount       int64
-		res, key     string
-		md           map[string]any
-		track        bool
-	}{
+	all := writeRecords(t, e, q, []recordUse{
 		{sA, up, 1, `' OR 1=1 --`, "k1 😀", nasty, false},
 		{sB, ai, 7, "", "", nil, false},
 		{sC, long, 3, pad("r", "ü", quota.MaxNameLen), pad("k", "😀", quota.MaxNameLen), map[string]any{"x": strings.Repeat("é", (quota.MaxMetadataLen-8)/2)}, true},
@@ -93,9 +87,53 @@ func testRecords(t *testing.T, s *suite) {
 		{sA, up, 5, "", `'; DELETE FROM quota_counters; --`, nil, true},
 		{sB, up, 4, "日本語/ファイル", "", map[string]any{"list": []any{1, "two", 3.5, false, nil}}, false},
 		{sA, up, 1, "", "", nil, false},
+	})
+	if n := len(all[2].Metadata); n != quota.MaxMetadataLen {
+		t.Fatalf("test bug: metadata of %d bytes; want %d", n, quota.MaxMetadataLen)
 	}
+	for i := 1; i < len(all); i++ {
+		if all[i].ID <= all[i-1].ID {
+			t.Errorf("RecordID %d after %d; want ascending IDs", all[i].ID, all[i-1].ID)
+		}
+	}
+
+	wantQueries(t, e, q, all, []quota.RecordQuery{
+		{Subject: sA},
+		{Subject: sB},
+		{Subject: sC},
+		{Action: up},
+		{Action: ai},
+		{Action: long},
+		{Subject: sA, Action: up},
+		{Subject: sA, Action: long},
+		{Subject: sA, From: all[3].Time}, // From is inclusive
+		{Subject: sA, To: all[4].Time},   // To is exclusive
+		{Action: up, From: all[1].Time, To: all[5].Time},
+		{Action: up, From: all[0].Time.Add(time.Microsecond), To: all[5].Time.Add(time.Microsecond)},
+		{Subject: sA, AfterID: all[0].ID},
+		{Subject: sA, Limit: 2},
+		{Action: up, AfterID: all[0].ID, Limit: 1},
+		{Subject: sB, AfterID: all[len(all)-1].ID},
+		{Subject: sA, From: t0.AddDate(1, 0, 0)},
+		{Subject: sA, To: t0},
+	})
+	wantPages(t, e, all, up)
+}
+
+// recordUse is one use that testRecords makes, through Track or Consume.
+type recordUse struct {
+	subj, action string
+	amount       int64
+	res, key     string
+	md           map[string]any
+	track        bool
+}
+
+// writeRecords makes the uses a second (and i microseconds) apart, and
+// returns the records they should have written.
+func writeRecords(t *testing.T, e *env, q *quota.Quota, uses []recordUse) []quota.Record {
 	var all []quota.Record
-	for i, st := range steps {
+	for i, st := range uses {
 		at := e.clock.Add(time.Second + time.Duration(i)*time.Microsecond)
 		u := quota.Use{Subject: st.subj, Action: st.action, Amount: st.amount, ResourceID: st.res, Key: st.key, Metadata: st.md}
 		var d quota.Decision
@@ -118,35 +156,12 @@ func testRecords(t *testing.T, s *suite) {
 		all = append(all, quota.Record{ID: d.RecordID, Subject: st.subj, Action: st.action, Amount: st.amount,
 			ResourceID: st.res, Metadata: md, Key: st.key, Time: at})
 	}
-	if n := len(all[2].Metadata); n != quota.MaxMetadataLen {
-		t.Fatalf("test bug: metadata of %d bytes; want %d", n, quota.MaxMetadataLen)
-	}
-	for i := 1; i < len(all); i++ {
-		if all[i].ID <= all[i-1].ID {
-			t.Errorf("RecordID %d after %d; want ascending IDs", all[i].ID, all[i-1].ID)
-		}
-	}
+	return all
+}
 
-	queries := []quota.RecordQuery{
-		{Subject: sA},
-		{Subject: sB},
-		{Subject: sC},
-		{Action: up},
-		{Action: ai},
-		{Action: long},
-		{Subject: sA, Action: up},
-		{Subject: sA, Action: long},
-		{Subject: sA, From: all[3].Time}, // From is inclusive
-		{Subject: sA, To: all[4].Time},   // To is exclusive
-		{Action: up, From: all[1].Time, To: all[5].Time},
-		{Action: up, From: all[0].Time.Add(time.Microsecond), To: all[5].Time.Add(time.Microsecond)},
-		{Subject: sA, AfterID: all[0].ID},
-		{Subject: sA, Limit: 2},
-		{Action: up, AfterID: all[0].ID, Limit: 1},
-		{Subject: sB, AfterID: all[len(all)-1].ID},
-		{Subject: sA, From: t0.AddDate(1, 0, 0)},
-		{Subject: sA, To: t0},
-	}
+// wantQueries checks that Store.Records, and History where it applies,
+// answer each query as filter does over all.
+func wantQueries(t *testing.T, e *env, q *quota.Quota, all []quota.Record, queries []quota.RecordQuery) {
 	for _, rq := range queries {
 		want := filter(all, rq)
 		got := e.records(t, rq)
@@ -166,8 +181,11 @@ func testRecords(t *testing.T, s *suite) {
 			t.Errorf("History(%+v), oldest first (-want +got):\n%s", rq, diff)
 		}
 	}
+}
 
-	// Pages of one record, by AfterID, make up the whole.
+// wantPages checks that pages of one record of action up, by AfterID,
+// make up the whole.
+func wantPages(t *testing.T, e *env, all []quota.Record, up string) {
 	var paged []quota.Record
 	for after := int64(0); ; {
 		page := e.records(t, quota.RecordQuery{Action: up, AfterID: after, Limit: 1})
@@ -202,6 +220,16 @@ func testSubscriptions(t *testing.T, s *suite) {
 	}
 	subj := e.name(`o'brien "😀"`)
 	anchor := time.Date(2024, 3, 31, 13, 45, 7, 123456000, time.FixedZone("UTC+3", 3*3600))
+	subscribeOverrides(t, e, q, subj, anchor, tz)
+	wantOverrides(t, e, q, subj, loc)
+	resubscribe(t, e, q, subj, anchor)
+
+	t.Run("Store", func(t *testing.T) { testSubscriptionsStore(t, e) })
+}
+
+// subscribeOverrides subscribes subj to P with overrides, anchored at
+// anchor in time zone tz, and checks the subscription stored.
+func subscribeOverrides(t *testing.T, e *env, q *quota.Quota, subj string, anchor time.Time, tz string) {
 	in := quota.Subscription{Subject: subj, Plan: "P", Anchor: anchor, TimeZone: tz, Overrides: map[string][]quota.Limit{
 		"a": {quota.PerMonth(500), quota.PerDay(50).WithMaxPerUse(7)},
 		"e": {quota.Total(quota.Unlimited)},
@@ -225,7 +253,11 @@ func testSubscriptions(t *testing.T, s *suite) {
 	} else if diff := cmp.Diff(want, got, cmpTime, cmpEmpty); diff != "" {
 		t.Errorf("Subscription after Subscribe (-want +got):\n%s", diff)
 	}
+}
 
+// wantOverrides checks that the overrides of subscribeOverrides apply, in
+// the subscription's location loc.
+func wantOverrides(t *testing.T, e *env, q *quota.Quota, subj string, loc *time.Location) {
 	// The overrides apply, and months follow the anchor's day in its
 	// time zone: the 31st at midnight.
 	d := check(t, e.ctx, q, quota.Use{Subject: subj, Action: "a", Amount: 8})
@@ -239,12 +271,16 @@ func testSubscriptions(t *testing.T, s *suite) {
 	if !d.Allowed || d.Limit != quota.Unlimited || d.Used != 1_000_000 {
 		t.Errorf("Consume(1e6) with an unlimited override = {Allowed %v, Limit %d, Used %d}; want {true, -1, 1000000}", d.Allowed, d.Limit, d.Used)
 	}
+}
 
+// resubscribe subscribes subj to PRO, anchored at anchor, and checks that
+// this replaced the whole subscription.
+func resubscribe(t *testing.T, e *env, q *quota.Quota, subj string, anchor time.Time) {
 	// Subscribe replaces the whole subscription.
 	if err := q.Subscribe(e.ctx, quota.Subscription{Subject: subj, Plan: "PRO", Anchor: anchor}); err != nil {
 		t.Fatalf("Subscribe(PRO) = %v", err)
 	}
-	want = quota.Subscription{Subject: subj, Plan: "PRO", Anchor: anchor.UTC()}
+	want := quota.Subscription{Subject: subj, Plan: "PRO", Anchor: anchor.UTC()}
 	if got, err := e.store.GetSubscription(e.ctx, subj); err != nil {
 		t.Errorf("Store.GetSubscription = %v", err)
 	} else if diff := cmp.Diff(want, got, cmpTime, cmpEmpty); diff != "" {
@@ -253,58 +289,58 @@ func testSubscriptions(t *testing.T, s *suite) {
 	if d := check(t, e.ctx, q, quota.Use{Subject: subj, Action: "a", Amount: 8}); !d.Allowed || d.Limit != 1000 {
 		t.Errorf("Check(8) without the override = {Allowed %v, Limit %d}; want {true, 1000}", d.Allowed, d.Limit)
 	}
+}
 
-	t.Run("Store", func(t *testing.T) {
-		// Every field, set directly.
-		subj := e.name("direct")
-		in := quota.Subscription{
-			Subject:  subj,
-			Plan:     "P",
-			Anchor:   time.Date(2023, 2, 28, 23, 59, 59, 999999000, time.UTC),
-			TimeZone: "Asia/Kolkata",
-			Overrides: map[string][]quota.Limit{
-				"a": {quota.PerHour(1), quota.PerDay(quota.Unlimited), quota.PerWeek(0), quota.PerMonth(1 << 62).WithMaxPerUse(quota.MaxAmount), quota.PerYear(9)},
-				"e": {quota.Total(5).WithMaxPerUse(2)},
-			},
-			NextPlan:   "PRO",
-			NextPlanAt: time.Date(2023, 3, 28, 0, 0, 0, 0, time.UTC),
-		}
-		want := in
-		want.Overrides = map[string][]quota.Limit{"a": append([]quota.Limit(nil), in.Overrides["a"]...), "e": append([]quota.Limit(nil), in.Overrides["e"]...)}
-		if err := e.store.PutSubscription(e.ctx, in); err != nil {
-			t.Fatalf("Store.PutSubscription(%+v) = %v", in, err)
-		}
-		in.Overrides["a"][0].Max = 99 // the store keeps its own copy
-		delete(in.Overrides, "e")
-		got, err := e.store.GetSubscription(e.ctx, subj)
-		if err != nil {
-			t.Fatalf("Store.GetSubscription(%q) = %v", subj, err)
-		}
-		if diff := cmp.Diff(want, got, cmpTime, cmpEmpty); diff != "" {
-			t.Errorf("Store.GetSubscription after PutSubscription (-want +got):\n%s", diff)
-		}
-		if len(got.Overrides["a"]) > 0 {
-			got.Overrides["a"][0].Max = 77
-		}
-		got2, err := e.store.GetSubscription(e.ctx, subj)
-		if err != nil {
-			t.Fatalf("Store.GetSubscription(%q) = %v", subj, err)
-		}
-		if diff := cmp.Diff(want, got2, cmpTime, cmpEmpty); diff != "" {
-			t.Errorf("Store.GetSubscription after changing what it returned (-want +got):\n%s", diff)
-		}
-		// Replace, with nothing optional.
-		in = quota.Subscription{Subject: subj, Plan: "PRO", Anchor: anchor0}
-		if err := e.store.PutSubscription(e.ctx, in); err != nil {
-			t.Fatalf("Store.PutSubscription(%+v) = %v", in, err)
-		}
-		if got, err := e.store.GetSubscription(e.ctx, subj); err != nil {
-			t.Errorf("Store.GetSubscription = %v", err)
-		} else if diff := cmp.Diff(in, got, cmpTime, cmpEmpty); diff != "" {
-			t.Errorf("Store.GetSubscription after replacing (-want +got):\n%s", diff)
-		}
-		if _, err := e.store.GetSubscription(e.ctx, e.name("nobody")); !errors.Is(err, quota.ErrNoSubscription) {
-			t.Errorf("Store.GetSubscription(nobody) = %v; want ErrNoSubscription", err)
-		}
-	})
+func testSubscriptionsStore(t *testing.T, e *env) {
+	// Every field, set directly.
+	subj := e.name("direct")
+	in := quota.Subscription{
+		Subject:  subj,
+		Plan:     "P",
+		Anchor:   time.Date(2023, 2, 28, 23, 59, 59, 999999000, time.UTC),
+		TimeZone: "Asia/Kolkata",
+		Overrides: map[string][]quota.Limit{
+			"a": {quota.PerHour(1), quota.PerDay(quota.Unlimited), quota.PerWeek(0), quota.PerMonth(1 << 62).WithMaxPerUse(quota.MaxAmount), quota.PerYear(9)},
+			"e": {quota.Total(5).WithMaxPerUse(2)},
+		},
+		NextPlan:   "PRO",
+		NextPlanAt: time.Date(2023, 3, 28, 0, 0, 0, 0, time.UTC),
+	}
+	want := in
+	want.Overrides = map[string][]quota.Limit{"a": append([]quota.Limit(nil), in.Overrides["a"]...), "e": append([]quota.Limit(nil), in.Overrides["e"]...)}
+	if err := e.store.PutSubscription(e.ctx, in); err != nil {
+		t.Fatalf("Store.PutSubscription(%+v) = %v", in, err)
+	}
+	in.Overrides["a"][0].Max = 99 // the store keeps its own copy
+	delete(in.Overrides, "e")
+	got, err := e.store.GetSubscription(e.ctx, subj)
+	if err != nil {
+		t.Fatalf("Store.GetSubscription(%q) = %v", subj, err)
+	}
+	if diff := cmp.Diff(want, got, cmpTime, cmpEmpty); diff != "" {
+		t.Errorf("Store.GetSubscription after PutSubscription (-want +got):\n%s", diff)
+	}
+	if len(got.Overrides["a"]) > 0 {
+		got.Overrides["a"][0].Max = 77
+	}
+	got2, err := e.store.GetSubscription(e.ctx, subj)
+	if err != nil {
+		t.Fatalf("Store.GetSubscription(%q) = %v", subj, err)
+	}
+	if diff := cmp.Diff(want, got2, cmpTime, cmpEmpty); diff != "" {
+		t.Errorf("Store.GetSubscription after changing what it returned (-want +got):\n%s", diff)
+	}
+	// Replace, with nothing optional.
+	in = quota.Subscription{Subject: subj, Plan: "PRO", Anchor: anchor0}
+	if err := e.store.PutSubscription(e.ctx, in); err != nil {
+		t.Fatalf("Store.PutSubscription(%+v) = %v", in, err)
+	}
+	if got, err := e.store.GetSubscription(e.ctx, subj); err != nil {
+		t.Errorf("Store.GetSubscription = %v", err)
+	} else if diff := cmp.Diff(in, got, cmpTime, cmpEmpty); diff != "" {
+		t.Errorf("Store.GetSubscription after replacing (-want +got):\n%s", diff)
+	}
+	if _, err := e.store.GetSubscription(e.ctx, e.name("nobody")); !errors.Is(err, quota.ErrNoSubscription) {
+		t.Errorf("Store.GetSubscription(nobody) = %v; want ErrNoSubscription", err)
+	}
 }
