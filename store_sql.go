@@ -1,3 +1,9 @@
+// What the two dialects of SQLStore share: the type and its constructor,
+// Close, the transaction and statement plumbing, validation, encodings,
+// the public methods (which validate, then run the dialect's SQL or hand
+// over to it) and the migration driver. The dialects live in
+// store_sql_sqlite.go and store_sql_pg.go, behind sqlDialect.
+
 package quota
 
 import (
@@ -10,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math"
 	"path"
 	"sort"
 	"strconv"
@@ -102,22 +107,83 @@ type SQLStore struct {
 	// begin starts a transaction; nil when q is the caller's transaction,
 	// in which savepoints stand for transactions.
 	begin func(ctx context.Context) (*sql.Tx, error)
-	pg    bool
-	// wsem serializes the writes of an SQLite store that runs its own
-	// transactions: its writers queue here, in order, rather than poll
-	// SQLite's lock (busy_timeout), which favours no one and can starve a
-	// writer past the timeout under load. Nil otherwise.
+	// d is the dialect, chosen once by NewSQLStore.
+	d sqlDialect
+	// wsem, when not nil, serializes the writes of the store: its
+	// writers queue here, in order. The SQLite dialect sets it up for a
+	// store that runs its own transactions (see newSQLiteDialect).
 	wsem chan struct{}
-	// prep prepares the statements of an SQLite store that runs its own
-	// transactions, kept in stmts (query -> *sql.Stmt, at most
-	// maxStmts). PostgreSQL needs none: pgx caches prepared statements
-	// per connection. Nil otherwise.
+	// prep, when not nil, prepares the statements of the store, kept in
+	// stmts (query -> *sql.Stmt, at most maxStmts). The SQLite dialect
+	// keeps it for a store that runs its own transactions; the
+	// PostgreSQL dialect drops it (see newPGDialect).
 	prep interface {
 		PrepareContext(context.Context, string) (*sql.Stmt, error)
 	}
 	stmts  sync.Map
 	nstmts atomic.Int32
 	closed atomic.Bool
+}
+
+// sqlDialect is one SQL dialect of SQLStore. It owns its SQL text, its
+// placeholders, its encodings of times and arrays and its migrations, and
+// performs the writes that differ in more than their SQL. SQLStore
+// validates every input before it calls its dialect, and wraps the errors
+// the dialect returns. NewSQLStore chooses the dialect once, by bun's
+// dialect name: sqliteDialect (store_sql_sqlite.go) or pgDialect
+// (store_sql_pg.go).
+type sqlDialect interface {
+	// apply performs Store.Apply for an op that validateOp accepted.
+	apply(ctx context.Context, op *Op) (ApplyResult, error)
+	// commit performs Store.Commit for a valid id, amount and now.
+	commit(ctx context.Context, id string, amount int64, now time.Time) (Record, error)
+	// cancel deletes the hold id and its counters, and reports whether
+	// there was one.
+	cancel(ctx context.Context, id string) (found bool, err error)
+	// prune performs SQLStore.Prune for a valid cutoff and limit.
+	prune(ctx context.Context, before time.Time, limit int) (int64, error)
+
+	// countersSQL returns the statement that reads the counters of keys
+	// (at least one) at now, as readCounters runs it.
+	countersSQL(keys []CounterKey, now time.Time) (query string, args []any)
+	// sumsSQL returns the statement of SQLStore.Sums for a valid q: rows
+	// of bucket, action, amount and count, in the order Sums returns.
+	sumsSQL(q SumQuery) (query string, args []any)
+	// text returns the SQL of the statements that SQLStore runs the same
+	// way on either dialect.
+	text() *sqlText
+	// param returns the placeholder of the nth argument (from 1) of a
+	// statement built in Go.
+	param(n int) string
+	// tv encodes t as the dialect stores times.
+	tv(t time.Time) any
+	// transient reports whether Migrate should try again after err.
+	transient(err error) bool
+}
+
+// sqlText holds the SQL of a dialect for the statements whose arguments
+// and results are the same on both.
+type sqlText struct {
+	// putSubscription upserts a subscription: subject, plan, anchor,
+	// time_zone, overrides, next_plan, next_plan_at.
+	putSubscription string
+	// getSubscription reads the subscription of a subject: plan, anchor,
+	// time_zone, overrides, next_plan, next_plan_at.
+	getSubscription string
+	// top ranks the subjects of an action: arguments action, from, to,
+	// action, from, to, limit; rows subject, amount, count.
+	top string
+
+	// migrations is the directory of the dialect in sqlMigrations.
+	migrations string
+	// migrateLock, when not empty, serializes concurrent Migrate calls
+	// until the end of the transaction.
+	migrateLock string
+	// migrationsTable creates quota_schema_migrations if it is missing.
+	migrationsTable string
+	// insertMigration records an applied migration: version, name,
+	// checksum, applied_at.
+	insertMigration string
 }
 
 const maxStmts = 256
@@ -238,16 +304,11 @@ func NewSQLStore(db bun.IDB) (*SQLStore, error) {
 	}
 	switch name := db.Dialect().Name(); name {
 	case dialect.PG:
-		s.pg = true
+		s.d = newPGDialect(s)
 	case dialect.SQLite:
-		if s.begin != nil {
-			s.wsem = make(chan struct{}, 1)
-		}
+		s.d = newSQLiteDialect(s)
 	default:
 		return nil, fmt.Errorf("quota: new sql store: unsupported dialect %s (want sqlite or pg)", name)
-	}
-	if s.pg || s.begin == nil {
-		s.prep = nil
 	}
 	s.q = sqlConn{s: s, q: s.q}
 	return s, nil
@@ -277,8 +338,8 @@ func (s *SQLStore) enter(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// writer waits for the turn of an SQLite writer (see wsem) and returns
-// the function that ends it.
+// writer waits for the turn of a writer (see wsem) and returns the
+// function that ends it.
 func (s *SQLStore) writer(ctx context.Context) (done func(), err error) {
 	if s.wsem == nil {
 		return func() {}, nil
@@ -309,27 +370,7 @@ func (s *SQLStore) fail(ctx context.Context, op string, err error) error {
 // transaction, and commits it if f returns keep; otherwise it rolls back.
 func (s *SQLStore) atomically(ctx context.Context, f func(q sqlQuerier) (keep bool, err error)) error {
 	if s.begin == nil {
-		if _, err := s.q.ExecContext(ctx, "SAVEPOINT quota_sp"); err != nil {
-			return err
-		}
-		keep, err := f(s.q)
-		if err == nil && keep {
-			_, err = s.q.ExecContext(ctx, "RELEASE SAVEPOINT quota_sp")
-			if err == nil {
-				return nil
-			}
-		}
-		// Undo even when ctx is done: the caller's transaction goes on.
-		bg := context.WithoutCancel(ctx)
-		if _, rerr := s.q.ExecContext(bg, "ROLLBACK TO SAVEPOINT quota_sp"); rerr == nil {
-			_, rerr = s.q.ExecContext(bg, "RELEASE SAVEPOINT quota_sp")
-			if err == nil {
-				err = rerr
-			}
-		} else if err == nil {
-			err = rerr
-		}
-		return err
+		return s.inSavepoint(ctx, f)
 	}
 	tx, err := s.begin(ctx)
 	if err != nil {
@@ -345,24 +386,57 @@ func (s *SQLStore) atomically(ctx context.Context, f func(q sqlQuerier) (keep bo
 	return err
 }
 
-// Time values. SQLite keeps INTEGER microseconds since the Unix epoch;
-// PostgreSQL keeps timestamptz, which has microseconds too.
-
-func (s *SQLStore) tv(t time.Time) any {
-	if s.pg {
-		return t.UTC().Truncate(time.Microsecond)
+// inSavepoint is atomically in the caller's transaction.
+func (s *SQLStore) inSavepoint(ctx context.Context, f func(q sqlQuerier) (keep bool, err error)) error {
+	if _, err := s.q.ExecContext(ctx, "SAVEPOINT quota_sp"); err != nil {
+		return err
 	}
-	return t.UnixMicro()
+	keep, err := f(s.q)
+	if err == nil && keep {
+		_, err = s.q.ExecContext(ctx, "RELEASE SAVEPOINT quota_sp")
+		if err == nil {
+			return nil
+		}
+	}
+	// Undo even when ctx is done: the caller's transaction goes on.
+	bg := context.WithoutCancel(ctx)
+	if _, rerr := s.q.ExecContext(bg, "ROLLBACK TO SAVEPOINT quota_sp"); rerr == nil {
+		_, rerr = s.q.ExecContext(bg, "RELEASE SAVEPOINT quota_sp")
+		if err == nil {
+			err = rerr
+		}
+	} else if err == nil {
+		err = rerr
+	}
+	return err
 }
+
+// sqlArgs collects the arguments of a statement built in Go, with the
+// placeholders of its dialect.
+type sqlArgs struct {
+	param func(n int) string
+	vals  []any
+}
+
+// bind adds v and returns its placeholder.
+func (a *sqlArgs) bind(v any) string {
+	a.vals = append(a.vals, v)
+	return a.param(len(a.vals))
+}
+
+// Values. Times are encoded by the dialect (sqlDialect.tv); sqlTime reads
+// them back from either.
 
 func (s *SQLStore) tvOrNull(t time.Time) any {
 	if t.IsZero() {
 		return nil
 	}
-	return s.tv(t)
+	return s.d.tv(t)
 }
 
-// sqlTime scans a time of either dialect into UTC; NULL is the zero time.
+// sqlTime scans a time of either dialect into UTC: INTEGER microseconds
+// since the Unix epoch (SQLite) or a timestamptz (PostgreSQL). NULL is the
+// zero time.
 type sqlTime struct{ t *time.Time }
 
 func (d sqlTime) Scan(v any) error {
@@ -402,6 +476,17 @@ func nullJSON(b []byte) any {
 	}
 	return string(b)
 }
+
+func nullInt(n int64) any {
+	if n == 0 {
+		return nil
+	}
+	return n
+}
+
+// Validation, before any SQL: the engine validated its input already, but
+// bun and the drivers must never see a name that would be rewritten or
+// truncated, nor an amount that could overflow in SQL.
 
 func checkTime(what string, t time.Time) error {
 	if y := t.UTC().Year(); y < 1 || y > 9999 {
@@ -493,9 +578,13 @@ func checkMetadata(b []byte) error {
 	return nil
 }
 
+// The first outcome of a keyed use.
+
 // sqlOutcome is one counter of the first outcome of a keyed use, as the
 // counters column of quota_idempotency_keys holds it (a JSON array). Times
-// are microseconds since the Unix epoch.
+// are microseconds since the Unix epoch. SQLite's apply writes it with
+// encodeOutcome, PostgreSQL's quota_apply in SQL; both read it with
+// decodeOutcome.
 type sqlOutcome struct {
 	Period string `json:"period"`
 	Start  int64  `json:"start"`
@@ -536,29 +625,18 @@ func decodeOutcome(subject, action, s string) ([]Counter, error) {
 	return cs, nil
 }
 
-// Apply implements Store.
-func (s *SQLStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
-	if err := s.enter(ctx); err != nil {
-		return ApplyResult{}, s.fail(ctx, "apply", err)
+// replay returns the first outcome of op's key, as quota_idempotency_keys
+// holds it, or an error matching ErrIdempotencyConflict when fingerprint
+// is not op's.
+func replay(op *Op, fingerprint, action string, recordID sql.NullInt64, holdID sql.NullString, holdExpires time.Time, counters sql.NullString) (ApplyResult, error) {
+	if fingerprint != op.Fingerprint {
+		return ApplyResult{}, fmt.Errorf("%w: key %q of %q", ErrIdempotencyConflict, op.Record.Key, op.Record.Subject)
 	}
-	if err := validateOp(op); err != nil {
-		return ApplyResult{}, fmt.Errorf("quota: sql apply: %w", err)
-	}
-	var res ApplyResult
-	var err error
-	if s.pg {
-		res, err = s.applyPG(ctx, op)
-	} else if done, werr := s.writer(ctx); werr != nil {
-		err = werr
-	} else {
-		s.warm(ctx, sqliteWrites...)
-		res, err = s.applySQLite(ctx, op)
-		done()
-	}
+	cs, err := decodeOutcome(op.Record.Subject, action, counters.String)
 	if err != nil {
-		return ApplyResult{}, s.fail(ctx, "apply", err)
+		return ApplyResult{}, err
 	}
-	return res, nil
+	return ApplyResult{Applied: true, Replayed: true, Counters: cs, RecordID: recordID.Int64, HoldID: holdID.String, HoldExpiresAt: holdExpires}, nil
 }
 
 // crossings lists the marks of bits (bit m for mark m, per counter),
@@ -575,445 +653,19 @@ func crossings(bits []int64) []Crossing {
 	return out
 }
 
-// reached returns the bits of the marks that cur has reached.
-func reached(marks []int64, cur int64) int64 {
-	var bits int64
-	for m, v := range marks[:min(len(marks), MaxMarks)] {
-		if v > 0 && v <= cur {
-			bits |= 1 << m
-		}
+// Apply implements Store.
+func (s *SQLStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
+	if err := s.enter(ctx); err != nil {
+		return ApplyResult{}, s.fail(ctx, "apply", err)
 	}
-	return bits
-}
-
-// refusal returns the result of a refused op from the counters as they
-// are, or ErrOverflow when one of them cannot take the amount.
-func refusal(op *Op, cs []Counter) (ApplyResult, error) {
-	a := op.Record.Amount
-	for i := range cs {
-		cs[i].End = op.Counters[i].End
-		if cur := cs[i].Used + cs[i].Held; a > 0 && cur > math.MaxInt64-a {
-			c := op.Counters[i]
-			return ApplyResult{}, fmt.Errorf("%w: %s of %q", ErrOverflow, c.Action, c.Subject)
-		}
+	if err := validateOp(op); err != nil {
+		return ApplyResult{}, fmt.Errorf("quota: sql apply: %w", err)
 	}
-	return ApplyResult{Counters: cs}, nil
-}
-
-func (s *SQLStore) replay(op *Op, fingerprint, action string, recordID sql.NullInt64, holdID sql.NullString, holdExpires time.Time, counters sql.NullString) (ApplyResult, error) {
-	if fingerprint != op.Fingerprint {
-		return ApplyResult{}, fmt.Errorf("%w: key %q of %q", ErrIdempotencyConflict, op.Record.Key, op.Record.Subject)
-	}
-	cs, err := decodeOutcome(op.Record.Subject, action, counters.String)
+	res, err := s.d.apply(ctx, op)
 	if err != nil {
-		return ApplyResult{}, err
-	}
-	return ApplyResult{Applied: true, Replayed: true, Counters: cs, RecordID: recordID.Int64, HoldID: holdID.String, HoldExpiresAt: holdExpires}, nil
-}
-
-const pgApply = `SELECT o_status, o_record_id, o_hold_id, o_used::text, o_held::text, o_limits::text, o_replay::text, o_action, o_hold_expires, o_crossed::text
-FROM quota_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`
-
-func (s *SQLStore) applyPG(ctx context.Context, op *Op) (ApplyResult, error) {
-	r := &op.Record
-	n := len(op.Counters)
-	periods := make([]string, n)
-	starts := make([]time.Time, n)
-	ends := make([]time.Time, n)
-	maxes := make([]int64, n)
-	// The marks, as many per counter: padded with 0, which marks nothing.
-	w := 0
-	for _, c := range op.Counters {
-		w = max(w, min(len(c.Marks), MaxMarks))
-	}
-	marks := make([]int64, w*n)
-	for i, c := range op.Counters {
-		periods[i], starts[i], ends[i], maxes[i] = c.Period.String(), c.Start, c.End, c.Max
-		copy(marks[i*w:(i+1)*w], c.Marks)
-	}
-	var holdID, holdExpires any
-	if op.Hold != nil {
-		holdID, holdExpires = op.Hold.ID, s.tv(op.Hold.ExpiresAt)
-	}
-	var fingerprint any
-	if r.Key != "" {
-		fingerprint = op.Fingerprint
-	}
-	var (
-		status             string
-		recordID           sql.NullInt64
-		hold               sql.NullString
-		used, held, limits sql.NullString
-		replay             sql.NullString
-		action             sql.NullString
-		holdExp            time.Time
-		crossed            sql.NullString
-	)
-	err := s.q.QueryRowContext(ctx, pgApply,
-		r.Subject, r.Action, pgTextArray(periods), pgTimeArray(starts), pgTimeArray(ends), pgIntArray(maxes),
-		r.Amount, op.Enforce, s.tv(op.Now), s.tv(r.Time), nullString(r.ResourceID), nullJSON(r.Metadata),
-		nullString(r.Key), fingerprint, holdID, holdExpires, pgIntArray(marks),
-	).Scan(&status, &recordID, &hold, &used, &held, &limits, &replay, &action, sqlTime{&holdExp}, &crossed)
-	if err != nil {
-		return ApplyResult{}, err
-	}
-	switch status {
-	case "replayed":
-		return s.replay(op, op.Fingerprint, action.String, recordID, hold, holdExp, replay)
-	case "conflict":
-		return ApplyResult{}, fmt.Errorf("%w: key %q of %q", ErrIdempotencyConflict, r.Key, r.Subject)
-	case "applied", "refused", "overflow":
-	default:
-		return ApplyResult{}, fmt.Errorf("quota_apply returned status %q", status)
-	}
-	cs := make([]Counter, n)
-	u, err1 := parsePGIntArray(used.String)
-	h, err2 := parsePGIntArray(held.String)
-	l, err3 := parsePGIntArray(limits.String)
-	if err := errors.Join(err1, err2, err3); err != nil {
-		return ApplyResult{}, err
-	}
-	if len(u) != n || len(h) != n || len(l) != n {
-		return ApplyResult{}, fmt.Errorf("quota_apply returned %d, %d and %d counters for %d", len(u), len(h), len(l), n)
-	}
-	for i, c := range op.Counters {
-		cs[i] = Counter{CounterKey: c.CounterKey, End: c.End, Used: u[i], Held: h[i], Max: l[i]}
-	}
-	if status != "applied" {
-		return refusal(op, cs)
-	}
-	res := ApplyResult{Applied: true, Counters: cs, RecordID: recordID.Int64, HoldID: hold.String, HoldExpiresAt: holdExp}
-	if crossed.Valid {
-		bits, err := parsePGIntArray(crossed.String)
-		if err != nil {
-			return ApplyResult{}, err
-		}
-		res.Crossed = crossings(bits)
+		return ApplyResult{}, s.fail(ctx, "apply", err)
 	}
 	return res, nil
-}
-
-// pgCounter reads one counter, as sqliteCounter does.
-const pgCounter = `SELECT s.used, s.limit_max, s.period_end,
-	(SELECT coalesce(sum(c.amount), 0) FROM quota_hold_counters c
-	  WHERE c.subject = $1 AND c.action = $2 AND c.period = $3 AND c.period_start = $4 AND c.expires_at > $5)::bigint,
-	s.marks
-FROM quota_summaries s
-WHERE s.subject = $1 AND s.action = $2 AND s.period = $3 AND s.period_start = $4 AND s.limit_max IS NOT NULL`
-
-// SQLite statements of the write transactions, prepared once per
-// connection (see warm).
-const (
-	sqliteClaimKey = `INSERT INTO quota_idempotency_keys (subject, idempotency_key, fingerprint, action, created_at)
-VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`
-	sqliteReadKey = `SELECT fingerprint, action, record_id, hold_id, hold_expires_at, counters
-FROM quota_idempotency_keys WHERE subject = ? AND idempotency_key = ?`
-	sqliteUpdateKey = `UPDATE quota_idempotency_keys SET record_id = ?, hold_id = ?, hold_expires_at = ?, counters = ?
-WHERE subject = ? AND idempotency_key = ?`
-	sqliteCounter = `SELECT s.used, s.limit_max, s.period_end,
-	(SELECT ifnull(sum(c.amount), 0) FROM quota_hold_counters c
-	  WHERE c.subject = ?1 AND c.action = ?2 AND c.period = ?3 AND c.period_start = ?4 AND c.expires_at > ?5),
-	s.marks
-FROM quota_summaries s
-WHERE s.subject = ?1 AND s.action = ?2 AND s.period = ?3 AND s.period_start = ?4 AND s.limit_max IS NOT NULL`
-	// sqliteCharge1 adds ?10 (0 for a hold) to the used of one counter
-	// and sets its limit_max to ?9, if a use of ?6 fits: with ?7 the
-	// bound (Max if enforced, else MaxInt64), used + held + ?6 <= ?7 for
-	// ?6 > 0, used + ?6 >= 0 otherwise. The counter is created if it is
-	// missing and the use fits a new one. It returns used, held and marks
-	// (which it leaves alone), or no row when it wrote nothing. Every sum stays inside int64 (a REAL
-	// would fail the INTEGER columns of the STRICT table anyway).
-	sqliteCharge1 = `INSERT INTO quota_summaries AS s (subject, action, period, period_start, period_end, used, limit_max)
-SELECT ?1, ?2, ?3, ?4, ?5, ?11, ?9
-WHERE ?6 <= ?7 AND (?6 >= 0 OR EXISTS (SELECT 1 FROM quota_summaries
-	WHERE subject = ?1 AND action = ?2 AND period = ?3 AND period_start = ?4))
-ON CONFLICT (subject, action, period, period_start) DO UPDATE
-SET used = s.used + ?10, limit_max = excluded.limit_max
-WHERE CASE WHEN ?6 > 0 THEN s.used <= ?7 - ` + sqliteHeldOf + ` - ?6 ELSE s.used + ?6 >= 0 END
-RETURNING used, ` + sqliteHeldOf + `, marks`
-	// sqliteHeldOf is the held amount of counter ?1 to ?4 at ?8.
-	sqliteHeldOf = `(SELECT ifnull(sum(c.amount), 0) FROM quota_hold_counters c
-	WHERE c.subject = ?1 AND c.action = ?2 AND c.period = ?3 AND c.period_start = ?4 AND c.expires_at > ?8)`
-	sqliteInsertRecord = `INSERT INTO quota_records (subject, action, amount, resource_id, metadata, idempotency_key, recorded_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)`
-	sqliteSweepLinks = `DELETE FROM quota_hold_counters WHERE hold_id IN
-(SELECT id FROM quota_holds WHERE subject = ?1 AND action = ?2 AND expires_at <= ?3)`
-	sqliteSweepHolds = `DELETE FROM quota_holds WHERE subject = ?1 AND action = ?2 AND expires_at <= ?3`
-	sqliteInsertHold = `INSERT INTO quota_holds (id, subject, action, amount, resource_id, metadata, idempotency_key, recorded_at, expires_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
-	sqliteTakeLinks = `DELETE FROM quota_hold_counters WHERE hold_id = ? RETURNING period, period_start`
-	sqliteTakeHold  = `DELETE FROM quota_holds WHERE id = ?
-RETURNING subject, action, amount, resource_id, metadata, idempotency_key, recorded_at, expires_at`
-	sqliteChargeUsed = `UPDATE quota_summaries SET used = used + ?
-WHERE subject = ? AND action = ? AND period = ? AND period_start = ?`
-	sqliteDropLinks = `DELETE FROM quota_hold_counters WHERE hold_id = ?`
-	sqliteMark      = `UPDATE quota_summaries SET marks = marks | ?
-WHERE subject = ? AND action = ? AND period = ? AND period_start = ?`
-	sqliteDropHold = `DELETE FROM quota_holds WHERE id = ?`
-)
-
-// Statements whose text depends on a number of counters, built once for
-// up to four.
-var (
-	sqliteCharges   = buildSQL(sqliteCharge)
-	sqliteLinks     = buildSQL(sqliteLinksQuery)
-	sqliteCountersN = buildSQL(sqliteCountersQuery)
-)
-
-func buildSQL(build func(int) string) (qs [5]string) {
-	for n := 1; n < len(qs); n++ {
-		qs[n] = build(n)
-	}
-	return qs
-}
-
-func cachedSQL(cache *[5]string, n int, build func(int) string) string {
-	if n > 0 && n < len(cache) {
-		return cache[n]
-	}
-	return build(n)
-}
-
-// sqliteWrites are the statements that warm prepares for the SQLite write
-// transactions.
-var sqliteWrites = func() []string {
-	qs := []string{sqliteClaimKey, sqliteReadKey, sqliteUpdateKey, sqliteCounter, sqliteCharge1, sqliteInsertRecord,
-		sqliteSweepLinks, sqliteSweepHolds, sqliteInsertHold, sqliteTakeLinks, sqliteTakeHold,
-		sqliteChargeUsed, sqliteDropLinks, sqliteDropHold, sqliteMark}
-	for n := 1; n < 5; n++ {
-		qs = append(qs, sqliteCharges[n], sqliteLinks[n], sqliteCountersN[n])
-	}
-	return qs
-}()
-
-func sqliteLinksQuery(n int) string {
-	var b strings.Builder
-	b.WriteString("INSERT INTO quota_hold_counters (hold_id, pos, subject, action, period, period_start, amount, expires_at) VALUES ")
-	for i := range n {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?)")
-	}
-	return b.String()
-}
-
-func sqliteCountersQuery(n int) string {
-	var b strings.Builder
-	b.WriteString("WITH k(i, subject, action, period, period_start) AS (VALUES ")
-	for i := range n {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString("(?, ?, ?, ?, ?)")
-	}
-	b.WriteString(`)
-SELECT k.i, s.used, s.limit_max, s.period_end,
-	(SELECT ifnull(sum(c.amount), 0) FROM quota_hold_counters c
-	  WHERE c.subject = s.subject AND c.action = s.action AND c.period = s.period
-	    AND c.period_start = s.period_start AND c.expires_at > ?),
-	s.marks
-FROM k JOIN quota_summaries s ON s.subject = k.subject AND s.action = k.action
-	AND s.period = k.period AND s.period_start = k.period_start
-WHERE s.limit_max IS NOT NULL`)
-	return b.String()
-}
-
-// sqliteCharge returns the statement that adds the last argument to used
-// and sets limit_max on n counters, creating the missing ones with used
-// from their row of values. (SQLite checks used >= 0 on the row of values
-// before it resolves the conflict, so a release must not appear there.)
-func sqliteCharge(n int) string {
-	var b strings.Builder
-	b.WriteString("INSERT INTO quota_summaries (subject, action, period, period_start, period_end, used, limit_max) VALUES ")
-	for i := range n {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString("(?, ?, ?, ?, ?, ?, ?)")
-	}
-	b.WriteString(` ON CONFLICT (subject, action, period, period_start) DO UPDATE
-SET used = used + ?, limit_max = excluded.limit_max`)
-	return b.String()
-}
-
-// applySQLite reads the counters, decides and writes, in one transaction.
-// With the recommended DSN that transaction is IMMEDIATE: it holds
-// SQLite's write lock from BEGIN, so nothing changes between the read and
-// the write, and a refusal reports the figures it was decided on.
-func (s *SQLStore) applySQLite(ctx context.Context, op *Op) (ApplyResult, error) {
-	r := &op.Record
-	a := r.Amount
-	now := s.tv(op.Now)
-	keys := make([]CounterKey, len(op.Counters))
-	for i, c := range op.Counters {
-		keys[i] = c.CounterKey
-	}
-	var (
-		res     ApplyResult
-		keyErr  error
-		crossed []Crossing
-	)
-	err := s.atomically(ctx, func(q sqlQuerier) (bool, error) {
-		crossed = nil
-		if r.Key != "" {
-			k, err := q.ExecContext(ctx, sqliteClaimKey, r.Subject, r.Key, op.Fingerprint, r.Action, now)
-			if err != nil {
-				return false, err
-			}
-			if n, err := k.RowsAffected(); err != nil {
-				return false, err
-			} else if n == 0 {
-				var fp, action string
-				var recordID sql.NullInt64
-				var holdID, counters sql.NullString
-				var holdExp time.Time
-				err := q.QueryRowContext(ctx, sqliteReadKey, r.Subject, r.Key).Scan(&fp, &action, &recordID, &holdID, sqlTime{&holdExp}, &counters)
-				if err != nil {
-					return false, err
-				}
-				res, keyErr = s.replay(op, fp, action, recordID, holdID, holdExp, counters)
-				return false, nil
-			}
-		}
-		charge := a
-		if op.Hold != nil {
-			charge = 0
-		}
-		var cs []Counter
-		var marks []int64
-		if len(op.Counters) == 1 {
-			// One counter (the usual case): one statement charges it if
-			// the use fits; else it writes nothing, and the counter is
-			// read below, still under the write lock.
-			c := &op.Counters[0]
-			bound := int64(math.MaxInt64)
-			if op.Enforce && c.Max != Unlimited {
-				bound = c.Max
-			}
-			var used, held, mk int64
-			err := q.QueryRowContext(ctx, sqliteCharge1, c.Subject, c.Action, c.Period.String(), s.tv(c.Start), s.tv(c.End),
-				a, bound, now, c.Max, charge, max(charge, 0)).Scan(&used, &held, &mk)
-			switch {
-			case err == nil:
-				cs, marks = []Counter{{Used: used - charge, Held: held}}, []int64{mk}
-			case !errors.Is(err, sql.ErrNoRows):
-				return false, err
-			}
-		}
-		if cs == nil {
-			var err error
-			if cs, marks, err = s.readCountersMarks(ctx, q, keys, op.Now); err != nil {
-				return false, err
-			}
-			refused, err := Admit(op, cs)
-			if err != nil {
-				return false, err
-			}
-			if !refused && len(op.Counters) == 1 {
-				return false, fmt.Errorf("counter of %q %q: the statement refused a use that fits", r.Subject, r.Action)
-			}
-			if refused {
-				for i := range cs {
-					cs[i].End = op.Counters[i].End
-				}
-				res = ApplyResult{Counters: cs}
-				return false, nil
-			}
-		}
-		if n := len(op.Counters); n > 1 {
-			stmt := cachedSQL(&sqliteCharges, n, sqliteCharge)
-			args := make([]any, 0, 7*n+1)
-			for _, c := range op.Counters {
-				args = append(args, c.Subject, c.Action, c.Period.String(), s.tv(c.Start), s.tv(c.End), max(charge, 0), c.Max)
-			}
-			args = append(args, charge)
-			if _, err := q.ExecContext(ctx, stmt, args...); err != nil {
-				return false, err
-			}
-		}
-		for i, c := range op.Counters {
-			cs[i] = Counter{CounterKey: c.CounterKey, End: c.End, Used: cs[i].Used, Held: cs[i].Held, Max: c.Max}
-			if op.Hold != nil {
-				cs[i].Held += a
-			} else {
-				cs[i].Used += a
-			}
-		}
-		// Set the marks reached first: this transaction holds the write
-		// lock, so the marks read above are the latest.
-		for i, c := range op.Counters {
-			if bits := reached(c.Marks, cs[i].Used+cs[i].Held) &^ marks[i]; bits != 0 {
-				if _, err := q.ExecContext(ctx, sqliteMark, bits, c.Subject, c.Action, c.Period.String(), s.tv(c.Start)); err != nil {
-					return false, err
-				}
-				for _, x := range crossings([]int64{bits}) {
-					crossed = append(crossed, Crossing{Counter: i, Mark: x.Mark})
-				}
-			}
-		}
-		res = ApplyResult{Applied: true, Counters: cs, Crossed: crossed}
-		if op.Hold != nil {
-			if err := s.sqliteHoldRows(ctx, q, op); err != nil {
-				return false, err
-			}
-			res.HoldID, res.HoldExpiresAt = op.Hold.ID, utcTime(op.Hold.ExpiresAt.Truncate(time.Microsecond))
-		} else {
-			ins, err := q.ExecContext(ctx, sqliteInsertRecord, r.Subject, r.Action, a, nullString(r.ResourceID), nullJSON(r.Metadata), nullString(r.Key), s.tv(r.Time))
-			if err != nil {
-				return false, err
-			}
-			if res.RecordID, err = ins.LastInsertId(); err != nil { // the rowid, which id is
-				return false, err
-			}
-		}
-		if r.Key != "" {
-			out, err := encodeOutcome(cs)
-			if err != nil {
-				return false, err
-			}
-			if _, err := q.ExecContext(ctx, sqliteUpdateKey, nullInt(res.RecordID), nullString(res.HoldID), s.tvOrNull(res.HoldExpiresAt), out, r.Subject, r.Key); err != nil {
-				return false, err
-			}
-		}
-		return true, nil
-	})
-	if err != nil {
-		return ApplyResult{}, err
-	}
-	return res, keyErr
-}
-
-func nullInt(n int64) any {
-	if n == 0 {
-		return nil
-	}
-	return n
-}
-
-func (s *SQLStore) sqliteHoldRows(ctx context.Context, q sqlQuerier, op *Op) error {
-	r := &op.Record
-	now := s.tv(op.Now)
-	// Sweep the expired holds of this action.
-	if _, err := q.ExecContext(ctx, sqliteSweepLinks, r.Subject, r.Action, now); err != nil {
-		return err
-	}
-	if _, err := q.ExecContext(ctx, sqliteSweepHolds, r.Subject, r.Action, now); err != nil {
-		return err
-	}
-	exp := s.tv(op.Hold.ExpiresAt)
-	if _, err := q.ExecContext(ctx, sqliteInsertHold, op.Hold.ID, r.Subject, r.Action, r.Amount, nullString(r.ResourceID), nullJSON(r.Metadata), nullString(r.Key), s.tv(r.Time), exp); err != nil {
-		return err
-	}
-	if len(op.Counters) == 0 {
-		return nil
-	}
-	args := make([]any, 0, 8*len(op.Counters))
-	for i, c := range op.Counters {
-		args = append(args, op.Hold.ID, i+1, c.Subject, c.Action, c.Period.String(), s.tv(c.Start), r.Amount, exp)
-	}
-	_, err := q.ExecContext(ctx, cachedSQL(&sqliteLinks, len(op.Counters), sqliteLinksQuery), args...)
-	return err
 }
 
 // Commit implements Store.
@@ -1033,118 +685,9 @@ func (s *SQLStore) Commit(ctx context.Context, id string, amount int64, now time
 	if err := checkTime("now", now); err != nil {
 		return Record{}, fmt.Errorf("quota: sql commit %s: %w", id, err)
 	}
-	var rec Record
-	var err error
-	if s.pg {
-		rec, err = s.commitPG(ctx, id, amount, now)
-	} else if done, werr := s.writer(ctx); werr != nil {
-		err = werr
-	} else {
-		s.warm(ctx, sqliteWrites...)
-		rec, err = s.commitSQLite(ctx, id, amount, now)
-		done()
-	}
+	rec, err := s.d.commit(ctx, id, amount, now)
 	if err != nil {
 		return Record{}, s.fail(ctx, "commit "+id, err)
-	}
-	return rec, nil
-}
-
-func (s *SQLStore) commitPG(ctx context.Context, id string, amount int64, now time.Time) (Record, error) {
-	var (
-		status        string
-		recID, amt    sql.NullInt64
-		subject, act  sql.NullString
-		resource, key sql.NullString
-		meta          sql.NullString
-		at            time.Time
-	)
-	err := s.q.QueryRowContext(ctx, `SELECT o_status, o_id, o_subject, o_action, o_amount, o_resource_id, o_metadata, o_key, o_time
-FROM quota_commit($1, $2, $3)`, id, amount, s.tv(now)).Scan(&status, &recID, &subject, &act, &amt, &resource, &meta, &key, sqlTime{&at})
-	if err != nil {
-		return Record{}, err
-	}
-	switch status {
-	case "committed":
-	case "not_found":
-		return Record{}, ErrReservationNotFound
-	case "expired":
-		return Record{}, ErrReservationExpired
-	case "too_large":
-		return Record{}, fmt.Errorf("%w: commit of %d on a hold of %d", ErrInvalidAmount, amount, amt.Int64)
-	default:
-		return Record{}, fmt.Errorf("quota_commit returned status %q", status)
-	}
-	rec := Record{ID: recID.Int64, Subject: subject.String, Action: act.String, Amount: amt.Int64, ResourceID: resource.String, Key: key.String, Time: at}
-	if meta.Valid && meta.String != "" {
-		rec.Metadata = json.RawMessage(meta.String)
-	}
-	return rec, nil
-}
-
-func (s *SQLStore) commitSQLite(ctx context.Context, id string, amount int64, now time.Time) (Record, error) {
-	var rec Record
-	var outcome error
-	err := s.atomically(ctx, func(q sqlQuerier) (bool, error) {
-		// The counters first: deleting the hold would cascade to them.
-		rows, err := q.QueryContext(ctx, sqliteTakeLinks, id)
-		if err != nil {
-			return false, err
-		}
-		type link struct {
-			period string
-			start  int64
-		}
-		var links []link
-		for rows.Next() {
-			var l link
-			if err := rows.Scan(&l.period, &l.start); err != nil {
-				rows.Close()
-				return false, err
-			}
-			links = append(links, l)
-		}
-		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-			return false, err
-		}
-		var held int64
-		var resource, key, meta sql.NullString
-		var expires time.Time
-		err = q.QueryRowContext(ctx, sqliteTakeHold, id).
-			Scan(&rec.Subject, &rec.Action, &held, &resource, &meta, &key, sqlTime{&rec.Time}, sqlTime{&expires})
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			outcome = ErrReservationNotFound
-			return false, nil
-		case err != nil:
-			return false, err
-		case !expires.After(now):
-			outcome = ErrReservationExpired
-			return true, nil // the hold is gone
-		case amount > held:
-			outcome = fmt.Errorf("%w: commit of %d on a hold of %d", ErrInvalidAmount, amount, held)
-			return false, nil
-		}
-		for _, l := range links {
-			if _, err := q.ExecContext(ctx, sqliteChargeUsed, amount, rec.Subject, rec.Action, l.period, l.start); err != nil {
-				return false, err
-			}
-		}
-		rec.Amount, rec.ResourceID, rec.Key = amount, resource.String, key.String
-		if meta.Valid && meta.String != "" {
-			rec.Metadata = json.RawMessage(meta.String)
-		}
-		ins, err := q.ExecContext(ctx, sqliteInsertRecord, rec.Subject, rec.Action, amount, resource, meta, key, s.tv(rec.Time))
-		if err == nil {
-			rec.ID, err = ins.LastInsertId()
-		}
-		return err == nil, err
-	})
-	if err != nil {
-		return Record{}, err
-	}
-	if outcome != nil {
-		return Record{}, outcome
 	}
 	return rec, nil
 }
@@ -1160,34 +703,7 @@ func (s *SQLStore) Cancel(ctx context.Context, id string, now time.Time) error {
 	if err := checkName(id, ErrInvalidName); err != nil {
 		return fmt.Errorf("quota: sql cancel: %w", err)
 	}
-	var found bool
-	var err error
-	if s.pg {
-		// The hold's counters go with it (ON DELETE CASCADE).
-		var res sql.Result
-		if res, err = s.q.ExecContext(ctx, `DELETE FROM quota_holds WHERE id = $1`, id); err == nil {
-			var n int64
-			n, err = res.RowsAffected()
-			found = n > 0
-		}
-	} else if done, werr := s.writer(ctx); werr != nil {
-		err = werr
-	} else {
-		s.warm(ctx, sqliteWrites...)
-		err = s.atomically(ctx, func(q sqlQuerier) (bool, error) {
-			if _, err := q.ExecContext(ctx, sqliteDropLinks, id); err != nil {
-				return false, err
-			}
-			res, err := q.ExecContext(ctx, sqliteDropHold, id)
-			if err != nil {
-				return false, err
-			}
-			n, err := res.RowsAffected()
-			found = n > 0
-			return found, err
-		})
-		done()
-	}
+	found, err := s.d.cancel(ctx, id)
 	if err == nil && !found {
 		err = ErrReservationNotFound
 	}
@@ -1213,22 +729,17 @@ func (s *SQLStore) Counters(ctx context.Context, keys []CounterKey, now time.Tim
 	if err := checkTime("now", now); err != nil {
 		return nil, fmt.Errorf("quota: sql counters: %w", err)
 	}
-	cs, err := s.readCounters(ctx, s.q, keys, now)
+	cs, _, err := s.readCounters(ctx, s.q, keys, now)
 	if err != nil {
 		return nil, s.fail(ctx, "counters", err)
 	}
 	return cs, nil
 }
 
-// readCounters reads keys with q in one statement, so from one snapshot.
-// A row never written (limit_max NULL) reads as no row.
-func (s *SQLStore) readCounters(ctx context.Context, q sqlQuerier, keys []CounterKey, now time.Time) ([]Counter, error) {
-	cs, _, err := s.readCountersMarks(ctx, q, keys, now)
-	return cs, err
-}
-
-// readCountersMarks is readCounters, with the marks of the counters.
-func (s *SQLStore) readCountersMarks(ctx context.Context, q sqlQuerier, keys []CounterKey, now time.Time) ([]Counter, []int64, error) {
+// readCounters reads the counters of keys with q in one statement of the
+// dialect (countersSQL), so from one snapshot, and the marks set on each.
+// A row never written (limit_max NULL) reads as no row: a zero counter.
+func (s *SQLStore) readCounters(ctx context.Context, q sqlQuerier, keys []CounterKey, now time.Time) ([]Counter, []int64, error) {
 	out := make([]Counter, len(keys))
 	marks := make([]int64, len(keys))
 	for i, k := range keys {
@@ -1237,46 +748,19 @@ func (s *SQLStore) readCountersMarks(ctx context.Context, q sqlQuerier, keys []C
 	if len(keys) == 0 {
 		return out, marks, nil
 	}
-	var rows *sql.Rows
-	var err error
+	query, args := s.d.countersSQL(keys, now)
 	if len(keys) == 1 {
-		k := keys[0]
+		// One row of used, limit_max, period_end, held and marks, or none.
 		c := &out[0]
-		query := sqliteCounter
-		if s.pg {
-			query = pgCounter
-		}
-		err := q.QueryRowContext(ctx, query, k.Subject, k.Action, k.Period.String(), s.tv(k.Start), s.tv(now)).Scan(&c.Used, &c.Max, sqlTime{&c.End}, &c.Held, &marks[0])
+		err := q.QueryRowContext(ctx, query, args...).Scan(&c.Used, &c.Max, sqlTime{&c.End}, &c.Held, &marks[0])
 		if errors.Is(err, sql.ErrNoRows) {
 			err = nil
 		}
 		return out, marks, err
 	}
-	if s.pg {
-		subjects, actions, periods := make([]string, len(keys)), make([]string, len(keys)), make([]string, len(keys))
-		starts := make([]time.Time, len(keys))
-		for i, k := range keys {
-			subjects[i], actions[i], periods[i], starts[i] = k.Subject, k.Action, k.Period.String(), k.Start
-		}
-		rows, err = q.QueryContext(ctx, `SELECT k.i, s.used, s.limit_max, s.period_end,
-	(SELECT coalesce(sum(c.amount), 0) FROM quota_hold_counters c
-	  WHERE c.subject = s.subject AND c.action = s.action AND c.period = s.period
-	    AND c.period_start = s.period_start AND c.expires_at > $5)::bigint,
-	s.marks
-FROM unnest($1::text::text[], $2::text::text[], $3::text::text[], $4::text::timestamptz[])
-	WITH ORDINALITY AS k(subject, action, period, period_start, i)
-JOIN quota_summaries s ON s.subject = k.subject AND s.action = k.action
-	AND s.period = k.period AND s.period_start = k.period_start
-WHERE s.limit_max IS NOT NULL`,
-			pgTextArray(subjects), pgTextArray(actions), pgTextArray(periods), pgTimeArray(starts), s.tv(now))
-	} else {
-		args := make([]any, 0, 5*len(keys)+1)
-		for i, k := range keys {
-			args = append(args, i+1, k.Subject, k.Action, k.Period.String(), s.tv(k.Start))
-		}
-		args = append(args, s.tv(now))
-		rows, err = q.QueryContext(ctx, cachedSQL(&sqliteCountersN, len(keys), sqliteCountersQuery), args...)
-	}
+	// A row per counter written: its position in keys (from 1), then as
+	// above.
+	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -1302,41 +786,13 @@ func (s *SQLStore) PutSubscription(ctx context.Context, sub Subscription) error 
 	if err := s.enter(ctx); err != nil {
 		return s.fail(ctx, "put subscription", err)
 	}
-	if err := checkName(sub.Subject, ErrInvalidSubject); err != nil {
-		return fmt.Errorf("quota: sql put subscription: %w", err)
-	}
-	for _, n := range []string{sub.Plan, sub.TimeZone, sub.NextPlan} {
-		if n == "" {
-			continue
-		}
-		if err := checkName(n, ErrInvalidSubscription); err != nil {
-			return fmt.Errorf("quota: sql put subscription %q: %w", sub.Subject, err)
-		}
-	}
-	if sub.Plan == "" {
-		return fmt.Errorf("quota: sql put subscription %q: %w: no plan", sub.Subject, ErrInvalidSubscription)
-	}
-	if err := errors.Join(checkTime("anchor", sub.Anchor), checkTime("next plan time", sub.NextPlanAt)); err != nil {
-		return fmt.Errorf("quota: sql put subscription %q: %w: %w", sub.Subject, ErrInvalidSubscription, err)
-	}
-	var overrides any
-	if len(sub.Overrides) > 0 {
-		b, err := json.Marshal(sub.Overrides)
-		if err != nil {
-			return fmt.Errorf("quota: sql put subscription %q: %w: %w", sub.Subject, ErrInvalidSubscription, err)
-		}
-		overrides = string(b)
-	}
-	q := `INSERT INTO quota_subscriptions (subject, plan, anchor, time_zone, overrides, next_plan, next_plan_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (subject) DO UPDATE SET plan = excluded.plan, anchor = excluded.anchor, time_zone = excluded.time_zone,
-	overrides = excluded.overrides, next_plan = excluded.next_plan, next_plan_at = excluded.next_plan_at`
-	if s.pg {
-		q = pgPlaceholders(q)
+	overrides, err := checkSubscription(sub)
+	if err != nil {
+		return err
 	}
 	done, err := s.writer(ctx)
 	if err == nil {
-		_, err = s.q.ExecContext(ctx, q, sub.Subject, sub.Plan, s.tv(sub.Anchor), sub.TimeZone, overrides,
+		_, err = s.q.ExecContext(ctx, s.d.text().putSubscription, sub.Subject, sub.Plan, s.d.tv(sub.Anchor), sub.TimeZone, overrides,
 			nullString(sub.NextPlan), s.tvOrNull(sub.NextPlanAt))
 		done()
 	}
@@ -1344,6 +800,36 @@ ON CONFLICT (subject) DO UPDATE SET plan = excluded.plan, anchor = excluded.anch
 		return s.fail(ctx, fmt.Sprintf("put subscription %q", sub.Subject), err)
 	}
 	return nil
+}
+
+// checkSubscription validates sub and returns its overrides as JSON text,
+// or nil for none.
+func checkSubscription(sub Subscription) (overrides any, err error) {
+	if err := checkName(sub.Subject, ErrInvalidSubject); err != nil {
+		return nil, fmt.Errorf("quota: sql put subscription: %w", err)
+	}
+	for _, n := range []string{sub.Plan, sub.TimeZone, sub.NextPlan} {
+		if n == "" {
+			continue
+		}
+		if err := checkName(n, ErrInvalidSubscription); err != nil {
+			return nil, fmt.Errorf("quota: sql put subscription %q: %w", sub.Subject, err)
+		}
+	}
+	if sub.Plan == "" {
+		return nil, fmt.Errorf("quota: sql put subscription %q: %w: no plan", sub.Subject, ErrInvalidSubscription)
+	}
+	if err := errors.Join(checkTime("anchor", sub.Anchor), checkTime("next plan time", sub.NextPlanAt)); err != nil {
+		return nil, fmt.Errorf("quota: sql put subscription %q: %w: %w", sub.Subject, ErrInvalidSubscription, err)
+	}
+	if len(sub.Overrides) == 0 {
+		return nil, nil
+	}
+	b, err := json.Marshal(sub.Overrides)
+	if err != nil {
+		return nil, fmt.Errorf("quota: sql put subscription %q: %w: %w", sub.Subject, ErrInvalidSubscription, err)
+	}
+	return string(b), nil
 }
 
 // GetSubscription implements Store.
@@ -1354,13 +840,9 @@ func (s *SQLStore) GetSubscription(ctx context.Context, subject string) (Subscri
 	if err := checkName(subject, ErrInvalidSubject); err != nil {
 		return Subscription{}, fmt.Errorf("quota: sql get subscription: %w", err)
 	}
-	q := `SELECT plan, anchor, time_zone, overrides, next_plan, next_plan_at FROM quota_subscriptions WHERE subject = ?`
-	if s.pg {
-		q = pgPlaceholders(q)
-	}
 	sub := Subscription{Subject: subject}
 	var overrides, next sql.NullString
-	err := s.q.QueryRowContext(ctx, q, subject).Scan(&sub.Plan, sqlTime{&sub.Anchor}, &sub.TimeZone, &overrides, &next, sqlTime{&sub.NextPlanAt})
+	err := s.q.QueryRowContext(ctx, s.d.text().getSubscription, subject).Scan(&sub.Plan, sqlTime{&sub.Anchor}, &sub.TimeZone, &overrides, &next, sqlTime{&sub.NextPlanAt})
 	if errors.Is(err, sql.ErrNoRows) {
 		err = ErrNoSubscription
 	}
@@ -1381,60 +863,11 @@ func (s *SQLStore) Records(ctx context.Context, rq RecordQuery) ([]Record, error
 	if err := s.enter(ctx); err != nil {
 		return nil, s.fail(ctx, "records", err)
 	}
-	var where []string
-	var args []any
-	if rq.Subject != "" {
-		if err := checkName(rq.Subject, ErrInvalidSubject); err != nil {
-			return nil, fmt.Errorf("quota: sql records: %w", err)
-		}
-		where, args = append(where, "subject = ?"), append(args, rq.Subject)
+	if err := checkRecordQuery(rq); err != nil {
+		return nil, fmt.Errorf("quota: sql records: %w", err)
 	}
-	if rq.Action != "" {
-		if err := checkName(rq.Action, ErrInvalidAction); err != nil {
-			return nil, fmt.Errorf("quota: sql records: %w", err)
-		}
-		where, args = append(where, "action = ?"), append(args, rq.Action)
-	}
-	if !rq.From.IsZero() {
-		if err := checkTime("from", rq.From); err != nil {
-			return nil, fmt.Errorf("quota: sql records: %w", err)
-		}
-		where, args = append(where, "recorded_at >= ?"), append(args, s.tv(rq.From))
-	}
-	if !rq.To.IsZero() {
-		if err := checkTime("to", rq.To); err != nil {
-			return nil, fmt.Errorf("quota: sql records: %w", err)
-		}
-		where, args = append(where, "recorded_at < ?"), append(args, s.tv(rq.To))
-	}
-	if rq.AfterID > 0 {
-		where, args = append(where, "id > ?"), append(args, rq.AfterID)
-	}
-	if rq.BeforeID != 0 {
-		where, args = append(where, "id < ?"), append(args, rq.BeforeID)
-	}
-	if rq.Limit < 0 || rq.AfterID < 0 || rq.BeforeID < 0 {
-		return nil, errors.New("quota: sql records: negative limit or cursor")
-	}
-	var b strings.Builder
-	b.WriteString("SELECT id, subject, action, amount, resource_id, metadata, idempotency_key, recorded_at FROM quota_records")
-	if len(where) > 0 {
-		b.WriteString(" WHERE ")
-		b.WriteString(strings.Join(where, " AND "))
-	}
-	b.WriteString(" ORDER BY id")
-	if rq.Descending {
-		b.WriteString(" DESC")
-	}
-	if rq.Limit > 0 {
-		b.WriteString(" LIMIT ?")
-		args = append(args, rq.Limit)
-	}
-	q := b.String()
-	if s.pg {
-		q = pgPlaceholders(q)
-	}
-	rows, err := s.q.QueryContext(ctx, q, args...)
+	query, args := s.recordsSQL(rq)
+	rows, err := s.q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, s.fail(ctx, "records", err)
 	}
@@ -1458,6 +891,74 @@ func (s *SQLStore) Records(ctx context.Context, rq RecordQuery) ([]Record, error
 	return out, nil
 }
 
+// checkRecordQuery validates the names, times, cursors and limit of rq.
+func checkRecordQuery(rq RecordQuery) error {
+	if rq.Subject != "" {
+		if err := checkName(rq.Subject, ErrInvalidSubject); err != nil {
+			return err
+		}
+	}
+	if rq.Action != "" {
+		if err := checkName(rq.Action, ErrInvalidAction); err != nil {
+			return err
+		}
+	}
+	if !rq.From.IsZero() {
+		if err := checkTime("from", rq.From); err != nil {
+			return err
+		}
+	}
+	if !rq.To.IsZero() {
+		if err := checkTime("to", rq.To); err != nil {
+			return err
+		}
+	}
+	if rq.Limit < 0 || rq.AfterID < 0 || rq.BeforeID < 0 {
+		return errors.New("negative limit or cursor")
+	}
+	return nil
+}
+
+// recordsSQL returns the statement of Records for a valid rq: the same
+// standard SQL on both dialects, with the dialect's placeholders and
+// times.
+func (s *SQLStore) recordsSQL(rq RecordQuery) (string, []any) {
+	a := sqlArgs{param: s.d.param}
+	var where []string
+	if rq.Subject != "" {
+		where = append(where, "subject = "+a.bind(rq.Subject))
+	}
+	if rq.Action != "" {
+		where = append(where, "action = "+a.bind(rq.Action))
+	}
+	if !rq.From.IsZero() {
+		where = append(where, "recorded_at >= "+a.bind(s.d.tv(rq.From)))
+	}
+	if !rq.To.IsZero() {
+		where = append(where, "recorded_at < "+a.bind(s.d.tv(rq.To)))
+	}
+	if rq.AfterID > 0 {
+		where = append(where, "id > "+a.bind(rq.AfterID))
+	}
+	if rq.BeforeID != 0 {
+		where = append(where, "id < "+a.bind(rq.BeforeID))
+	}
+	var b strings.Builder
+	b.WriteString("SELECT id, subject, action, amount, resource_id, metadata, idempotency_key, recorded_at FROM quota_records")
+	if len(where) > 0 {
+		b.WriteString(" WHERE ")
+		b.WriteString(strings.Join(where, " AND "))
+	}
+	b.WriteString(" ORDER BY id")
+	if rq.Descending {
+		b.WriteString(" DESC")
+	}
+	if rq.Limit > 0 {
+		b.WriteString(" LIMIT " + a.bind(rq.Limit))
+	}
+	return b.String(), a.vals
+}
+
 // Sums adds up the records that q selects, and the rollups of pruned
 // records, per bucket (and action), for Quota.Series: one statement. On
 // SQLite it reads each bucket's records as a range of an index; on
@@ -1469,86 +970,10 @@ func (s *SQLStore) Sums(ctx context.Context, q SumQuery) ([]Sum, error) {
 	if err := s.enter(ctx); err != nil {
 		return nil, s.fail(ctx, "sums", err)
 	}
-	if len(q.Bounds) < 2 {
-		return nil, fmt.Errorf("quota: sql sums: %d bounds, want at least 2", len(q.Bounds))
+	if err := checkSumQuery(q); err != nil {
+		return nil, fmt.Errorf("quota: sql sums: %w", err)
 	}
-	for i, b := range q.Bounds {
-		if err := checkTime("bound", b); err != nil {
-			return nil, fmt.Errorf("quota: sql sums: %w", err)
-		}
-		if i > 0 && !q.Bounds[i-1].Before(b) {
-			return nil, fmt.Errorf("quota: sql sums: bounds not ascending at %d", i)
-		}
-	}
-	var filter []string
-	var fargs []any
-	if q.Subject != "" {
-		if err := checkName(q.Subject, ErrInvalidSubject); err != nil {
-			return nil, fmt.Errorf("quota: sql sums: %w", err)
-		}
-		filter, fargs = append(filter, "subject = ?"), append(fargs, q.Subject)
-	}
-	if q.Action != "" {
-		if err := checkName(q.Action, ErrInvalidAction); err != nil {
-			return nil, fmt.Errorf("quota: sql sums: %w", err)
-		}
-		filter, fargs = append(filter, "action = ?"), append(fargs, q.Action)
-	}
-	var args []any
-	var b strings.Builder
-	if !s.pg {
-		j := make([]byte, 0, 20*len(q.Bounds))
-		j = append(j, '[')
-		for i, t := range q.Bounds {
-			if i > 0 {
-				j = append(j, ',')
-			}
-			j = strconv.AppendInt(j, t.UnixMicro(), 10)
-		}
-		args = append(args, string(append(j, ']')))
-		b.WriteString(`WITH t AS (SELECT CAST(key AS INTEGER) AS i, value AS t FROM json_each(?)),
-b AS (SELECT i AS bucket, t AS lo, lead(t) OVER (ORDER BY i) AS hi FROM t)`)
-	}
-	var bounds string
-	if s.pg {
-		bounds = pgTimeArray(q.Bounds)
-	}
-	branch := func(alias, table, timeCol, count string) {
-		action := "CAST('' AS TEXT)"
-		if q.ByAction {
-			action = alias + ".action"
-		}
-		if s.pg {
-			// The bounds in a subquery: cast once (an InitPlan), not
-			// once per row.
-			fmt.Fprintf(&b, "\nSELECT width_bucket(%s.%s, (SELECT ?::text::timestamptz[])) - 1 AS bucket, %s AS action, %s.amount AS amount, %s AS n\nFROM %s %s WHERE %s.%s >= ? AND %s.%s < ?",
-				alias, timeCol, action, alias, count, table, alias, alias, timeCol, alias, timeCol)
-			args = append(args, bounds, s.tv(q.Bounds[0]), s.tv(q.Bounds[len(q.Bounds)-1]))
-		} else {
-			fmt.Fprintf(&b, "\nSELECT b.bucket, %s AS action, %s.amount AS amount, %s AS n\nFROM b JOIN %s %s ON %s.%s >= b.lo AND %s.%s < b.hi",
-				action, alias, count, table, alias, alias, timeCol, alias, timeCol)
-		}
-		for _, f := range filter {
-			b.WriteString(" AND " + alias + "." + f)
-		}
-		if !s.pg {
-			b.WriteString("\nWHERE b.hi IS NOT NULL")
-		}
-		args = append(args, fargs...)
-	}
-	sum, order := "sum(amount), sum(n)", "bucket, action"
-	if s.pg {
-		sum, order = "sum(amount)::bigint, sum(n)::bigint", `bucket, action COLLATE "C"` // byte order, as Go's
-	}
-	b.WriteString("\nSELECT bucket, action, " + sum + " FROM (")
-	branch("r", "quota_records", "recorded_at", "1")
-	b.WriteString("\nUNION ALL")
-	branch("u", "quota_rollups", "bucket_start", "u.count")
-	b.WriteString("\n) x\nGROUP BY bucket, action\nORDER BY " + order)
-	query := b.String()
-	if s.pg {
-		query = pgPlaceholders(query)
-	}
+	query, args := s.d.sumsSQL(q)
 	rows, err := s.q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, s.fail(ctx, "sums", err)
@@ -1568,6 +993,52 @@ b AS (SELECT i AS bucket, t AS lo, lead(t) OVER (ORDER BY i) AS hi FROM t)`)
 	return out, nil
 }
 
+// checkSumQuery validates the bounds and names of q.
+func checkSumQuery(q SumQuery) error {
+	if len(q.Bounds) < 2 {
+		return fmt.Errorf("%d bounds, want at least 2", len(q.Bounds))
+	}
+	for i, b := range q.Bounds {
+		if err := checkTime("bound", b); err != nil {
+			return err
+		}
+		if i > 0 && !q.Bounds[i-1].Before(b) {
+			return fmt.Errorf("bounds not ascending at %d", i)
+		}
+	}
+	if q.Subject != "" {
+		if err := checkName(q.Subject, ErrInvalidSubject); err != nil {
+			return err
+		}
+	}
+	if q.Action != "" {
+		if err := checkName(q.Action, ErrInvalidAction); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sumAction is the action column of a branch of the Sums statement over
+// the table alias: the action with q.ByAction, else the empty text.
+func sumAction(q SumQuery, alias string) string {
+	if q.ByAction {
+		return alias + ".action"
+	}
+	return "CAST('' AS TEXT)"
+}
+
+// sumFilter writes the conditions on subject and action of q, on the
+// table alias, to b.
+func sumFilter(b *strings.Builder, a *sqlArgs, q SumQuery, alias string) {
+	if q.Subject != "" {
+		b.WriteString(" AND " + alias + ".subject = " + a.bind(q.Subject))
+	}
+	if q.Action != "" {
+		b.WriteString(" AND " + alias + ".action = " + a.bind(q.Action))
+	}
+}
+
 // Top returns the subjects with the largest totals of q.Action in
 // [q.From, q.To), records and rollups of pruned records alike, largest
 // first, ties by subject (in byte order), at most q.Limit of them, for
@@ -1585,19 +1056,8 @@ func (s *SQLStore) Top(ctx context.Context, q TopQuery) ([]SubjectTotal, error) 
 	if q.Limit <= 0 {
 		return nil, fmt.Errorf("quota: sql top: limit %d", q.Limit)
 	}
-	query := `SELECT subject, sum(amount), sum(n) FROM (
-	SELECT subject, amount, 1 AS n FROM quota_records WHERE action = ? AND recorded_at >= ? AND recorded_at < ?
-	UNION ALL
-	SELECT subject, amount, count FROM quota_rollups WHERE action = ? AND bucket_start >= ? AND bucket_start < ?
-) x
-GROUP BY subject ORDER BY 2 DESC, subject LIMIT ?`
-	if s.pg {
-		query = strings.Replace(query, "sum(amount), sum(n)", "sum(amount)::bigint, sum(n)::bigint", 1)
-		query = strings.Replace(query, "ORDER BY 2 DESC, subject", `ORDER BY 2 DESC, subject COLLATE "C"`, 1)
-		query = pgPlaceholders(query)
-	}
-	from, to := s.tv(q.From), s.tv(q.To)
-	rows, err := s.q.QueryContext(ctx, query, q.Action, from, to, q.Action, from, to, q.Limit)
+	from, to := s.d.tv(q.From), s.d.tv(q.To)
+	rows, err := s.q.QueryContext(ctx, s.d.text().top, q.Action, from, to, q.Action, from, to, q.Limit)
 	if err != nil {
 		return nil, s.fail(ctx, "top", err)
 	}
@@ -1630,135 +1090,11 @@ func (s *SQLStore) Prune(ctx context.Context, before time.Time, limit int) (int6
 	if limit <= 0 {
 		return 0, fmt.Errorf("quota: sql prune: limit %d", limit)
 	}
-	var n int64
-	if s.pg {
-		err := s.q.QueryRowContext(ctx, `WITH d AS (
-	DELETE FROM quota_records
-	 WHERE id IN (SELECT id FROM quota_records WHERE recorded_at < $1 ORDER BY id LIMIT $2)
-	RETURNING subject, action, amount, recorded_at
-), r AS (
-	INSERT INTO quota_rollups AS u (subject, action, bucket_start, amount, count)
-	SELECT subject, action, date_bin('15 minutes', recorded_at, timestamptz '1970-01-01 00:00:00+00'), sum(amount), count(*)
-	  FROM d GROUP BY 1, 2, 3
-	ON CONFLICT (subject, action, bucket_start) DO UPDATE
-	   SET amount = u.amount + excluded.amount, count = u.count + excluded.count
-)
-SELECT count(*) FROM d`, s.tv(before), limit).Scan(&n)
-		if err != nil {
-			return 0, s.fail(ctx, "prune", err)
-		}
-		return n, nil
-	}
-	done, err := s.writer(ctx)
-	if err != nil {
-		return 0, s.fail(ctx, "prune", err)
-	}
-	defer done()
-	const step = int64(RollupStep / time.Microsecond)
-	err = s.atomically(ctx, func(q sqlQuerier) (bool, error) {
-		if _, err := q.ExecContext(ctx, `INSERT INTO quota_rollups AS u (subject, action, bucket_start, amount, count)
-SELECT subject, action, bucket, sum(amount), count(*) FROM (
-	SELECT subject, action, recorded_at - ((recorded_at % ?3) + ?3) % ?3 AS bucket, amount
-	  FROM quota_records WHERE recorded_at < ?1 ORDER BY id LIMIT ?2)
-WHERE true GROUP BY subject, action, bucket
-ON CONFLICT (subject, action, bucket_start) DO UPDATE
-SET amount = u.amount + excluded.amount, count = u.count + excluded.count`, s.tv(before), limit, step); err != nil {
-			return false, err
-		}
-		res, err := q.ExecContext(ctx, `DELETE FROM quota_records
-WHERE id IN (SELECT id FROM quota_records WHERE recorded_at < ?1 ORDER BY id LIMIT ?2)`, s.tv(before), limit)
-		if err != nil {
-			return false, err
-		}
-		n, err = res.RowsAffected()
-		return err == nil, err
-	})
+	n, err := s.d.prune(ctx, before, limit)
 	if err != nil {
 		return 0, s.fail(ctx, "prune", err)
 	}
 	return n, nil
-}
-
-// pgPlaceholders rewrites the ? placeholders of q as $1, $2, ... The
-// queries it serves hold no other question mark.
-func pgPlaceholders(q string) string {
-	var b strings.Builder
-	n := 0
-	for i := 0; i < len(q); i++ {
-		if q[i] == '?' {
-			n++
-			b.WriteByte('$')
-			b.WriteString(strconv.Itoa(n))
-			continue
-		}
-		b.WriteByte(q[i])
-	}
-	return b.String()
-}
-
-// PostgreSQL array literals, passed as text and cast in SQL, so that any
-// driver can send them.
-
-func pgTextArray(ss []string) string {
-	var b strings.Builder
-	b.WriteByte('{')
-	for i, s := range ss {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteByte('"')
-		for j := 0; j < len(s); j++ {
-			if s[j] == '"' || s[j] == '\\' {
-				b.WriteByte('\\')
-			}
-			b.WriteByte(s[j])
-		}
-		b.WriteByte('"')
-	}
-	b.WriteByte('}')
-	return b.String()
-}
-
-func pgTimeArray(ts []time.Time) string {
-	ss := make([]string, len(ts))
-	for i, t := range ts {
-		ss[i] = t.UTC().Truncate(time.Microsecond).Format("2006-01-02T15:04:05.999999Z")
-	}
-	return pgTextArray(ss)
-}
-
-func pgIntArray(ns []int64) string {
-	b := make([]byte, 0, 4*len(ns)+2)
-	b = append(b, '{')
-	for i, n := range ns {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = strconv.AppendInt(b, n, 10)
-	}
-	return string(append(b, '}'))
-}
-
-// parsePGIntArray parses the text form of a one-dimensional bigint[]
-// without NULLs.
-func parsePGIntArray(s string) ([]int64, error) {
-	if len(s) < 2 || s[0] != '{' || s[len(s)-1] != '}' {
-		return nil, fmt.Errorf("not an array: %q", s)
-	}
-	s = s[1 : len(s)-1]
-	if s == "" {
-		return []int64{}, nil
-	}
-	parts := strings.Split(s, ",")
-	out := make([]int64, len(parts))
-	for i, p := range parts {
-		n, err := strconv.ParseInt(p, 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("array element %q: %w", p, err)
-		}
-		out[i] = n
-	}
-	return out, nil
 }
 
 // Migrations.
@@ -1768,13 +1104,6 @@ type sqlMigration struct {
 	name     string
 	sql      string
 	checksum string
-}
-
-func (s *SQLStore) migrationDir() string {
-	if s.pg {
-		return "migrations/pg"
-	}
-	return "migrations/sqlite"
 }
 
 func loadMigrations(dir string) ([]sqlMigration, error) {
@@ -1818,17 +1147,13 @@ func (s *SQLStore) Migrate(ctx context.Context) error {
 	if err := s.enter(ctx); err != nil {
 		return s.fail(ctx, "migrate", err)
 	}
-	if s.pg {
-		return s.migrate(ctx)
-	}
-	// Processes that open a new SQLite file at the same moment race to
-	// switch it to WAL, and SQLite answers the loser SQLITE_BUSY at once,
-	// without waiting out busy_timeout. Migrate runs once at start: it
-	// tries again, a little later each time, for up to about 10 seconds.
+	// Migrate runs once at start, where a dialect may meet errors that
+	// pass (see sqlDialect.transient): it tries again, a little later
+	// each time, for up to about 10 seconds.
 	wait := 5 * time.Millisecond
 	for try := 1; ; try++ {
 		err := s.migrate(ctx)
-		if err == nil || !isSQLiteBusy(err) || try == 20 {
+		if err == nil || !s.d.transient(err) || try == 20 {
 			return err
 		}
 		select {
@@ -1840,15 +1165,9 @@ func (s *SQLStore) Migrate(ctx context.Context) error {
 	}
 }
 
-// isSQLiteBusy reports whether err is SQLite's SQLITE_BUSY (or one of its
-// extended codes), as modernc.org/sqlite's errors report their code.
-func isSQLiteBusy(err error) bool {
-	var coded interface{ Code() int }
-	return errors.As(err, &coded) && coded.Code()&0xff == 5
-}
-
 func (s *SQLStore) migrate(ctx context.Context) error {
-	ms, err := loadMigrations(s.migrationDir())
+	text := s.d.text()
+	ms, err := loadMigrations(text.migrations)
 	if err != nil {
 		return fmt.Errorf("quota: sql migrate: %w", err)
 	}
@@ -1859,61 +1178,20 @@ func (s *SQLStore) migrate(ctx context.Context) error {
 	defer done()
 	var step string
 	err = s.atomically(ctx, func(q sqlQuerier) (bool, error) {
-		var ddl, ins string
-		if s.pg {
+		if text.migrateLock != "" {
 			step = "lock"
-			if _, err := q.ExecContext(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('github.com/quotakit/quota migrate ' || coalesce(current_schema(), ''), 0))`); err != nil {
+			if _, err := q.ExecContext(ctx, text.migrateLock); err != nil {
 				return false, err
 			}
-			ddl = `CREATE TABLE IF NOT EXISTS quota_schema_migrations (
-    version    integer     PRIMARY KEY,
-    name       text        NOT NULL,
-    checksum   text        NOT NULL,
-    applied_at timestamptz NOT NULL
-)`
-			ins = `INSERT INTO quota_schema_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)`
-		} else {
-			ddl = `CREATE TABLE IF NOT EXISTS quota_schema_migrations (
-    version    INTEGER NOT NULL PRIMARY KEY,
-    name       TEXT    NOT NULL,
-    checksum   TEXT    NOT NULL,
-    applied_at INTEGER NOT NULL
-) STRICT`
-			ins = `INSERT INTO quota_schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)`
 		}
 		step = "bookkeeping"
-		if _, err := q.ExecContext(ctx, ddl); err != nil {
-			return false, err
-		}
-		applied := map[int]string{}
-		rows, err := q.QueryContext(ctx, `SELECT version, checksum FROM quota_schema_migrations`)
+		applied, err := s.appliedMigrations(ctx, q)
 		if err != nil {
-			return false, err
-		}
-		for rows.Next() {
-			var v int
-			var sum string
-			if err := rows.Scan(&v, &sum); err != nil {
-				rows.Close()
-				return false, err
-			}
-			applied[v] = sum
-		}
-		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 			return false, err
 		}
 		for _, m := range ms {
 			step = m.name
-			if sum, ok := applied[m.version]; ok {
-				if sum != m.checksum {
-					return false, errors.New("changed since it was applied")
-				}
-				continue
-			}
-			if _, err := q.ExecContext(ctx, m.sql); err != nil {
-				return false, err
-			}
-			if _, err := q.ExecContext(ctx, ins, m.version, m.name, m.checksum, s.tv(time.Now())); err != nil {
+			if err := s.applyMigration(ctx, q, m, applied); err != nil {
 				return false, err
 			}
 		}
@@ -1926,4 +1204,46 @@ func (s *SQLStore) migrate(ctx context.Context) error {
 		return s.fail(ctx, "migrate", err)
 	}
 	return nil
+}
+
+// appliedMigrations creates quota_schema_migrations if it is missing, and
+// returns the checksums of the migrations it lists, by version.
+func (s *SQLStore) appliedMigrations(ctx context.Context, q sqlQuerier) (map[int]string, error) {
+	if _, err := q.ExecContext(ctx, s.d.text().migrationsTable); err != nil {
+		return nil, err
+	}
+	applied := map[int]string{}
+	rows, err := q.QueryContext(ctx, `SELECT version, checksum FROM quota_schema_migrations`)
+	if err != nil {
+		return nil, err
+	}
+	for rows.Next() {
+		var v int
+		var sum string
+		if err := rows.Scan(&v, &sum); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		applied[v] = sum
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return nil, err
+	}
+	return applied, nil
+}
+
+// applyMigration applies m and records it, unless applied lists it: then
+// it checks that m has not changed since.
+func (s *SQLStore) applyMigration(ctx context.Context, q sqlQuerier, m sqlMigration, applied map[int]string) error {
+	if sum, ok := applied[m.version]; ok {
+		if sum != m.checksum {
+			return errors.New("changed since it was applied")
+		}
+		return nil
+	}
+	if _, err := q.ExecContext(ctx, m.sql); err != nil {
+		return err
+	}
+	_, err := q.ExecContext(ctx, s.d.text().insertMigration, m.version, m.name, m.checksum, s.d.tv(time.Now()))
+	return err
 }

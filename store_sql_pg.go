@@ -1,0 +1,387 @@
+// SQLStore on PostgreSQL: its SQL, its encodings, and its writes, each one
+// statement; Apply and Commit call the functions of
+// migrations/pg/0002_functions.sql.
+
+package quota
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+)
+
+var _ sqlDialect = (*pgDialect)(nil)
+
+// pgDialect is the PostgreSQL dialect of SQLStore (any database/sql
+// driver; tested with pgx).
+//
+// Times are timestamptz; placeholders are $1, $2, ...; arrays go as text
+// literals cast in SQL (pgTextArray and its kin), so that any driver can
+// send them. Every write is one statement, atomic on its own or inside the
+// caller's transaction: Apply and Commit call quota_apply and
+// quota_commit, which Migrate creates, so each is one round trip. They
+// are correct under READ COMMITTED (see migrations/pg/0002_functions.sql).
+// Statements are not prepared by the store: pgx caches them per
+// connection.
+type pgDialect struct {
+	s *SQLStore
+}
+
+// newPGDialect returns the PostgreSQL dialect of s, and turns off the
+// statement cache of s.
+func newPGDialect(s *SQLStore) *pgDialect {
+	s.prep = nil
+	return &pgDialect{s: s}
+}
+
+func (*pgDialect) tv(t time.Time) any { return t.UTC().Truncate(time.Microsecond) }
+
+func (*pgDialect) param(n int) string { return "$" + strconv.Itoa(n) }
+
+func (*pgDialect) transient(error) bool { return false }
+
+var pgText = sqlText{
+	putSubscription: `INSERT INTO quota_subscriptions (subject, plan, anchor, time_zone, overrides, next_plan, next_plan_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (subject) DO UPDATE SET plan = excluded.plan, anchor = excluded.anchor, time_zone = excluded.time_zone,
+	overrides = excluded.overrides, next_plan = excluded.next_plan, next_plan_at = excluded.next_plan_at`,
+	getSubscription: `SELECT plan, anchor, time_zone, overrides, next_plan, next_plan_at FROM quota_subscriptions WHERE subject = $1`,
+	// Sums cast to bigint (sum gives numeric); subjects tie in byte
+	// order, as Go's.
+	top: `SELECT subject, sum(amount)::bigint, sum(n)::bigint FROM (
+	SELECT subject, amount, 1 AS n FROM quota_records WHERE action = $1 AND recorded_at >= $2 AND recorded_at < $3
+	UNION ALL
+	SELECT subject, amount, count FROM quota_rollups WHERE action = $4 AND bucket_start >= $5 AND bucket_start < $6
+) x
+GROUP BY subject ORDER BY 2 DESC, subject COLLATE "C" LIMIT $7`,
+	migrations: "migrations/pg",
+	// One lock per schema, until the end of the transaction.
+	migrateLock: `SELECT pg_advisory_xact_lock(hashtextextended('github.com/quotakit/quota migrate ' || coalesce(current_schema(), ''), 0))`,
+	migrationsTable: `CREATE TABLE IF NOT EXISTS quota_schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL
+)`,
+	insertMigration: `INSERT INTO quota_schema_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)`,
+}
+
+func (*pgDialect) text() *sqlText { return &pgText }
+
+const (
+	pgApply = `SELECT o_status, o_record_id, o_hold_id, o_used::text, o_held::text, o_limits::text, o_replay::text, o_action, o_hold_expires, o_crossed::text
+FROM quota_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`
+	pgCommit = `SELECT o_status, o_id, o_subject, o_action, o_amount, o_resource_id, o_metadata, o_key, o_time
+FROM quota_commit($1, $2, $3)`
+	// The hold's counters go with it (ON DELETE CASCADE).
+	pgCancel = `DELETE FROM quota_holds WHERE id = $1`
+	// pgCounter reads one counter: used, limit_max, period_end, held and
+	// marks.
+	pgCounter = `SELECT s.used, s.limit_max, s.period_end,
+	(SELECT coalesce(sum(c.amount), 0) FROM quota_hold_counters c
+	  WHERE c.subject = $1 AND c.action = $2 AND c.period = $3 AND c.period_start = $4 AND c.expires_at > $5)::bigint,
+	s.marks
+FROM quota_summaries s
+WHERE s.subject = $1 AND s.action = $2 AND s.period = $3 AND s.period_start = $4 AND s.limit_max IS NOT NULL`
+	// pgCounters reads several counters, given as arrays, each with its
+	// position.
+	pgCounters = `SELECT k.i, s.used, s.limit_max, s.period_end,
+	(SELECT coalesce(sum(c.amount), 0) FROM quota_hold_counters c
+	  WHERE c.subject = s.subject AND c.action = s.action AND c.period = s.period
+	    AND c.period_start = s.period_start AND c.expires_at > $5)::bigint,
+	s.marks
+FROM unnest($1::text::text[], $2::text::text[], $3::text::text[], $4::text::timestamptz[])
+	WITH ORDINALITY AS k(subject, action, period, period_start, i)
+JOIN quota_summaries s ON s.subject = k.subject AND s.action = k.action
+	AND s.period = k.period AND s.period_start = k.period_start
+WHERE s.limit_max IS NOT NULL`
+	// pgPrune deletes the records and adds them to their rollups (the
+	// quarter hours of date_bin) in one statement.
+	pgPrune = `WITH d AS (
+	DELETE FROM quota_records
+	 WHERE id IN (SELECT id FROM quota_records WHERE recorded_at < $1 ORDER BY id LIMIT $2)
+	RETURNING subject, action, amount, recorded_at
+), r AS (
+	INSERT INTO quota_rollups AS u (subject, action, bucket_start, amount, count)
+	SELECT subject, action, date_bin('15 minutes', recorded_at, timestamptz '1970-01-01 00:00:00+00'), sum(amount), count(*)
+	  FROM d GROUP BY 1, 2, 3
+	ON CONFLICT (subject, action, bucket_start) DO UPDATE
+	   SET amount = u.amount + excluded.amount, count = u.count + excluded.count
+)
+SELECT count(*) FROM d`
+)
+
+// apply calls quota_apply.
+func (d *pgDialect) apply(ctx context.Context, op *Op) (ApplyResult, error) {
+	var row pgApplyRow
+	err := d.s.q.QueryRowContext(ctx, pgApply, d.applyArgs(op)...).Scan(&row.status, &row.recordID, &row.hold,
+		&row.used, &row.held, &row.limits, &row.replay, &row.action, sqlTime{&row.holdExp}, &row.crossed)
+	if err != nil {
+		return ApplyResult{}, err
+	}
+	return row.result(op)
+}
+
+// applyArgs returns the arguments of quota_apply for op, the counters as
+// arrays, one element per counter (the same number of marks per counter).
+func (d *pgDialect) applyArgs(op *Op) []any {
+	r := &op.Record
+	n := len(op.Counters)
+	periods := make([]string, n)
+	starts := make([]time.Time, n)
+	ends := make([]time.Time, n)
+	maxes := make([]int64, n)
+	// The marks, as many per counter: padded with 0, which marks nothing.
+	w := 0
+	for _, c := range op.Counters {
+		w = max(w, min(len(c.Marks), MaxMarks))
+	}
+	marks := make([]int64, w*n)
+	for i, c := range op.Counters {
+		periods[i], starts[i], ends[i], maxes[i] = c.Period.String(), c.Start, c.End, c.Max
+		copy(marks[i*w:(i+1)*w], c.Marks)
+	}
+	var holdID, holdExpires any
+	if op.Hold != nil {
+		holdID, holdExpires = op.Hold.ID, d.tv(op.Hold.ExpiresAt)
+	}
+	var fingerprint any
+	if r.Key != "" {
+		fingerprint = op.Fingerprint
+	}
+	return []any{
+		r.Subject, r.Action, pgTextArray(periods), pgTimeArray(starts), pgTimeArray(ends), pgIntArray(maxes),
+		r.Amount, op.Enforce, d.tv(op.Now), d.tv(r.Time), nullString(r.ResourceID), nullJSON(r.Metadata),
+		nullString(r.Key), fingerprint, holdID, holdExpires, pgIntArray(marks),
+	}
+}
+
+// pgApplyRow is the row quota_apply returns; arrays in their text form.
+type pgApplyRow struct {
+	status             string
+	recordID           sql.NullInt64
+	hold               sql.NullString
+	used, held, limits sql.NullString
+	replay             sql.NullString
+	action             sql.NullString
+	holdExp            time.Time
+	crossed            sql.NullString
+}
+
+// result turns the row into the result of op.
+func (row *pgApplyRow) result(op *Op) (ApplyResult, error) {
+	switch row.status {
+	case "replayed":
+		return replay(op, op.Fingerprint, row.action.String, row.recordID, row.hold, row.holdExp, row.replay)
+	case "conflict":
+		return ApplyResult{}, fmt.Errorf("%w: key %q of %q", ErrIdempotencyConflict, op.Record.Key, op.Record.Subject)
+	case "applied", "refused", "overflow":
+	default:
+		return ApplyResult{}, fmt.Errorf("quota_apply returned status %q", row.status)
+	}
+	cs, err := row.counters(op)
+	if err != nil {
+		return ApplyResult{}, err
+	}
+	if row.status != "applied" {
+		return refusal(op, cs)
+	}
+	res := ApplyResult{Applied: true, Counters: cs, RecordID: row.recordID.Int64, HoldID: row.hold.String, HoldExpiresAt: row.holdExp}
+	if row.crossed.Valid {
+		bits, err := parsePGIntArray(row.crossed.String)
+		if err != nil {
+			return ApplyResult{}, err
+		}
+		res.Crossed = crossings(bits)
+	}
+	return res, nil
+}
+
+// counters returns the counters of op as the row gives them.
+func (row *pgApplyRow) counters(op *Op) ([]Counter, error) {
+	n := len(op.Counters)
+	u, err1 := parsePGIntArray(row.used.String)
+	h, err2 := parsePGIntArray(row.held.String)
+	l, err3 := parsePGIntArray(row.limits.String)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return nil, err
+	}
+	if len(u) != n || len(h) != n || len(l) != n {
+		return nil, fmt.Errorf("quota_apply returned %d, %d and %d counters for %d", len(u), len(h), len(l), n)
+	}
+	cs := make([]Counter, n)
+	for i, c := range op.Counters {
+		cs[i] = Counter{CounterKey: c.CounterKey, End: c.End, Used: u[i], Held: h[i], Max: l[i]}
+	}
+	return cs, nil
+}
+
+// refusal returns the result of a refused op from the counters as they
+// are, or ErrOverflow when one of them cannot take the amount.
+func refusal(op *Op, cs []Counter) (ApplyResult, error) {
+	a := op.Record.Amount
+	for i := range cs {
+		cs[i].End = op.Counters[i].End
+		if cur := cs[i].Used + cs[i].Held; a > 0 && cur > math.MaxInt64-a {
+			c := op.Counters[i]
+			return ApplyResult{}, fmt.Errorf("%w: %s of %q", ErrOverflow, c.Action, c.Subject)
+		}
+	}
+	return ApplyResult{Counters: cs}, nil
+}
+
+// commit calls quota_commit.
+func (d *pgDialect) commit(ctx context.Context, id string, amount int64, now time.Time) (Record, error) {
+	var (
+		status        string
+		recID, amt    sql.NullInt64
+		subject, act  sql.NullString
+		resource, key sql.NullString
+		meta          sql.NullString
+		at            time.Time
+	)
+	err := d.s.q.QueryRowContext(ctx, pgCommit, id, amount, d.tv(now)).Scan(&status, &recID, &subject, &act, &amt, &resource, &meta, &key, sqlTime{&at})
+	if err != nil {
+		return Record{}, err
+	}
+	switch status {
+	case "committed":
+	case "not_found":
+		return Record{}, ErrReservationNotFound
+	case "expired":
+		return Record{}, ErrReservationExpired
+	case "too_large":
+		return Record{}, fmt.Errorf("%w: commit of %d on a hold of %d", ErrInvalidAmount, amount, amt.Int64)
+	default:
+		return Record{}, fmt.Errorf("quota_commit returned status %q", status)
+	}
+	rec := Record{ID: recID.Int64, Subject: subject.String, Action: act.String, Amount: amt.Int64, ResourceID: resource.String, Key: key.String, Time: at}
+	if meta.Valid && meta.String != "" {
+		rec.Metadata = json.RawMessage(meta.String)
+	}
+	return rec, nil
+}
+
+func (d *pgDialect) cancel(ctx context.Context, id string) (found bool, err error) {
+	res, err := d.s.q.ExecContext(ctx, pgCancel, id)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
+func (d *pgDialect) prune(ctx context.Context, before time.Time, limit int) (int64, error) {
+	var n int64
+	err := d.s.q.QueryRowContext(ctx, pgPrune, d.tv(before), limit).Scan(&n)
+	return n, err
+}
+
+func (d *pgDialect) countersSQL(keys []CounterKey, now time.Time) (string, []any) {
+	if len(keys) == 1 {
+		k := keys[0]
+		return pgCounter, []any{k.Subject, k.Action, k.Period.String(), d.tv(k.Start), d.tv(now)}
+	}
+	subjects, actions, periods := make([]string, len(keys)), make([]string, len(keys)), make([]string, len(keys))
+	starts := make([]time.Time, len(keys))
+	for i, k := range keys {
+		subjects[i], actions[i], periods[i], starts[i] = k.Subject, k.Action, k.Period.String(), k.Start
+	}
+	return pgCounters, []any{pgTextArray(subjects), pgTextArray(actions), pgTextArray(periods), pgTimeArray(starts), d.tv(now)}
+}
+
+// sumsSQL reads the whole range once and finds each row's bucket with
+// width_bucket, a binary search in the bounds, so that no plan (a generic
+// plan of a prepared statement included) can compare every row with every
+// bucket. The bounds sit in a subquery, so that they are cast once (an
+// InitPlan), not once per row.
+func (d *pgDialect) sumsSQL(q SumQuery) (string, []any) {
+	a := sqlArgs{param: d.param}
+	bounds := pgTimeArray(q.Bounds)
+	lo, hi := d.tv(q.Bounds[0]), d.tv(q.Bounds[len(q.Bounds)-1])
+	var b strings.Builder
+	branch := func(alias, table, timeCol, count string) {
+		fmt.Fprintf(&b, "\nSELECT width_bucket(%s.%s, (SELECT %s::text::timestamptz[])) - 1 AS bucket, %s AS action, %s.amount AS amount, %s AS n\nFROM %s %s WHERE %s.%s >= %s AND %s.%s < %s",
+			alias, timeCol, a.bind(bounds), sumAction(q, alias), alias, count, table, alias, alias, timeCol, a.bind(lo), alias, timeCol, a.bind(hi))
+		sumFilter(&b, &a, q, alias)
+	}
+	// Sums cast to bigint (sum gives numeric); actions in byte order, as
+	// Go's.
+	b.WriteString("\nSELECT bucket, action, sum(amount)::bigint, sum(n)::bigint FROM (")
+	branch("r", "quota_records", "recorded_at", "1")
+	b.WriteString("\nUNION ALL")
+	branch("u", "quota_rollups", "bucket_start", "u.count")
+	b.WriteString("\n) x\nGROUP BY bucket, action\nORDER BY bucket, action COLLATE \"C\"")
+	return b.String(), a.vals
+}
+
+// PostgreSQL array literals, passed as text and cast in SQL, so that any
+// driver can send them.
+
+func pgTextArray(ss []string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, s := range ss {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		for j := 0; j < len(s); j++ {
+			if s[j] == '"' || s[j] == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteByte(s[j])
+		}
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
+func pgTimeArray(ts []time.Time) string {
+	ss := make([]string, len(ts))
+	for i, t := range ts {
+		ss[i] = t.UTC().Truncate(time.Microsecond).Format("2006-01-02T15:04:05.999999Z")
+	}
+	return pgTextArray(ss)
+}
+
+func pgIntArray(ns []int64) string {
+	b := make([]byte, 0, 4*len(ns)+2)
+	b = append(b, '{')
+	for i, n := range ns {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, n, 10)
+	}
+	return string(append(b, '}'))
+}
+
+// parsePGIntArray parses the text form of a one-dimensional bigint[]
+// without NULLs.
+func parsePGIntArray(s string) ([]int64, error) {
+	if len(s) < 2 || s[0] != '{' || s[len(s)-1] != '}' {
+		return nil, fmt.Errorf("not an array: %q", s)
+	}
+	s = s[1 : len(s)-1]
+	if s == "" {
+		return []int64{}, nil
+	}
+	parts := strings.Split(s, ",")
+	out := make([]int64, len(parts))
+	for i, p := range parts {
+		n, err := strconv.ParseInt(p, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("array element %q: %w", p, err)
+		}
+		out[i] = n
+	}
+	return out, nil
+}

@@ -1,0 +1,578 @@
+// SQLStore on SQLite: its SQL, its encodings, and its writes, each a few
+// statements in one transaction that holds the write lock.
+
+package quota
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+)
+
+var _ sqlDialect = (*sqliteDialect)(nil)
+
+// sqliteDialect is the SQLite dialect of SQLStore (modernc.org/sqlite).
+//
+// Times are INTEGER microseconds since the Unix epoch; placeholders are ?
+// (?NNN where a statement uses an argument twice). Every write runs in one
+// transaction: with the recommended DSN it is IMMEDIATE, so it holds the
+// write lock from BEGIN, nothing changes between a read and a write, and a
+// refusal reports the figures it was decided on. A store that runs its own
+// transactions queues its writers in Go (SQLStore.wsem), rather than let
+// them poll SQLite's lock (busy_timeout), which favours no one and can
+// starve a writer past the timeout under load; and it prepares its
+// statements once per connection (SQLStore.prep).
+type sqliteDialect struct {
+	s *SQLStore
+}
+
+// newSQLiteDialect returns the SQLite dialect of s, and sets up the
+// writer queue of s when s runs its own transactions.
+func newSQLiteDialect(s *SQLStore) *sqliteDialect {
+	if s.begin != nil {
+		s.wsem = make(chan struct{}, 1)
+	} else {
+		s.prep = nil
+	}
+	return &sqliteDialect{s: s}
+}
+
+func (*sqliteDialect) tv(t time.Time) any { return t.UnixMicro() }
+
+func (*sqliteDialect) param(int) string { return "?" }
+
+// transient reports SQLITE_BUSY: processes that open a new SQLite file at
+// the same moment race to switch it to WAL, and SQLite answers the loser
+// SQLITE_BUSY at once, without waiting out busy_timeout.
+func (*sqliteDialect) transient(err error) bool { return isSQLiteBusy(err) }
+
+// isSQLiteBusy reports whether err is SQLite's SQLITE_BUSY (or one of its
+// extended codes), as modernc.org/sqlite's errors report their code.
+func isSQLiteBusy(err error) bool {
+	var coded interface{ Code() int }
+	return errors.As(err, &coded) && coded.Code()&0xff == 5
+}
+
+var sqliteText = sqlText{
+	putSubscription: `INSERT INTO quota_subscriptions (subject, plan, anchor, time_zone, overrides, next_plan, next_plan_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (subject) DO UPDATE SET plan = excluded.plan, anchor = excluded.anchor, time_zone = excluded.time_zone,
+	overrides = excluded.overrides, next_plan = excluded.next_plan, next_plan_at = excluded.next_plan_at`,
+	getSubscription: `SELECT plan, anchor, time_zone, overrides, next_plan, next_plan_at FROM quota_subscriptions WHERE subject = ?`,
+	top: `SELECT subject, sum(amount), sum(n) FROM (
+	SELECT subject, amount, 1 AS n FROM quota_records WHERE action = ? AND recorded_at >= ? AND recorded_at < ?
+	UNION ALL
+	SELECT subject, amount, count FROM quota_rollups WHERE action = ? AND bucket_start >= ? AND bucket_start < ?
+) x
+GROUP BY subject ORDER BY 2 DESC, subject LIMIT ?`,
+	migrations: "migrations/sqlite",
+	// No lock: the immediate transaction of the recommended DSN
+	// serializes Migrate.
+	migrationsTable: `CREATE TABLE IF NOT EXISTS quota_schema_migrations (
+    version    INTEGER NOT NULL PRIMARY KEY,
+    name       TEXT    NOT NULL,
+    checksum   TEXT    NOT NULL,
+    applied_at INTEGER NOT NULL
+) STRICT`,
+	insertMigration: `INSERT INTO quota_schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)`,
+}
+
+func (*sqliteDialect) text() *sqlText { return &sqliteText }
+
+// SQLite statements of the write transactions, prepared once per
+// connection (see SQLStore.warm).
+const (
+	sqliteClaimKey = `INSERT INTO quota_idempotency_keys (subject, idempotency_key, fingerprint, action, created_at)
+VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`
+	sqliteReadKey = `SELECT fingerprint, action, record_id, hold_id, hold_expires_at, counters
+FROM quota_idempotency_keys WHERE subject = ? AND idempotency_key = ?`
+	sqliteUpdateKey = `UPDATE quota_idempotency_keys SET record_id = ?, hold_id = ?, hold_expires_at = ?, counters = ?
+WHERE subject = ? AND idempotency_key = ?`
+	sqliteCounter = `SELECT s.used, s.limit_max, s.period_end,
+	(SELECT ifnull(sum(c.amount), 0) FROM quota_hold_counters c
+	  WHERE c.subject = ?1 AND c.action = ?2 AND c.period = ?3 AND c.period_start = ?4 AND c.expires_at > ?5),
+	s.marks
+FROM quota_summaries s
+WHERE s.subject = ?1 AND s.action = ?2 AND s.period = ?3 AND s.period_start = ?4 AND s.limit_max IS NOT NULL`
+	// sqliteCharge1 adds ?10 (0 for a hold) to the used of one counter
+	// and sets its limit_max to ?9, if a use of ?6 fits: with ?7 the
+	// bound (Max if enforced, else MaxInt64), used + held + ?6 <= ?7 for
+	// ?6 > 0, used + ?6 >= 0 otherwise. The counter is created if it is
+	// missing and the use fits a new one. It returns used, held and marks
+	// (which it leaves alone), or no row when it wrote nothing. Every sum stays inside int64 (a REAL
+	// would fail the INTEGER columns of the STRICT table anyway).
+	sqliteCharge1 = `INSERT INTO quota_summaries AS s (subject, action, period, period_start, period_end, used, limit_max)
+SELECT ?1, ?2, ?3, ?4, ?5, ?11, ?9
+WHERE ?6 <= ?7 AND (?6 >= 0 OR EXISTS (SELECT 1 FROM quota_summaries
+	WHERE subject = ?1 AND action = ?2 AND period = ?3 AND period_start = ?4))
+ON CONFLICT (subject, action, period, period_start) DO UPDATE
+SET used = s.used + ?10, limit_max = excluded.limit_max
+WHERE CASE WHEN ?6 > 0 THEN s.used <= ?7 - ` + sqliteHeldOf + ` - ?6 ELSE s.used + ?6 >= 0 END
+RETURNING used, ` + sqliteHeldOf + `, marks`
+	// sqliteHeldOf is the held amount of counter ?1 to ?4 at ?8.
+	sqliteHeldOf = `(SELECT ifnull(sum(c.amount), 0) FROM quota_hold_counters c
+	WHERE c.subject = ?1 AND c.action = ?2 AND c.period = ?3 AND c.period_start = ?4 AND c.expires_at > ?8)`
+	sqliteInsertRecord = `INSERT INTO quota_records (subject, action, amount, resource_id, metadata, idempotency_key, recorded_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)`
+	sqliteSweepLinks = `DELETE FROM quota_hold_counters WHERE hold_id IN
+(SELECT id FROM quota_holds WHERE subject = ?1 AND action = ?2 AND expires_at <= ?3)`
+	sqliteSweepHolds = `DELETE FROM quota_holds WHERE subject = ?1 AND action = ?2 AND expires_at <= ?3`
+	sqliteInsertHold = `INSERT INTO quota_holds (id, subject, action, amount, resource_id, metadata, idempotency_key, recorded_at, expires_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	sqliteTakeLinks = `DELETE FROM quota_hold_counters WHERE hold_id = ? RETURNING period, period_start`
+	sqliteTakeHold  = `DELETE FROM quota_holds WHERE id = ?
+RETURNING subject, action, amount, resource_id, metadata, idempotency_key, recorded_at, expires_at`
+	sqliteChargeUsed = `UPDATE quota_summaries SET used = used + ?
+WHERE subject = ? AND action = ? AND period = ? AND period_start = ?`
+	sqliteDropLinks = `DELETE FROM quota_hold_counters WHERE hold_id = ?`
+	sqliteMark      = `UPDATE quota_summaries SET marks = marks | ?
+WHERE subject = ? AND action = ? AND period = ? AND period_start = ?`
+	sqliteDropHold = `DELETE FROM quota_holds WHERE id = ?`
+)
+
+// Statements whose text depends on a number of counters, built once for
+// up to four.
+var (
+	sqliteCharges   = buildSQL(sqliteCharge)
+	sqliteLinks     = buildSQL(sqliteLinksQuery)
+	sqliteCountersN = buildSQL(sqliteCountersQuery)
+)
+
+func buildSQL(build func(int) string) (qs [5]string) {
+	for n := 1; n < len(qs); n++ {
+		qs[n] = build(n)
+	}
+	return qs
+}
+
+func cachedSQL(cache *[5]string, n int, build func(int) string) string {
+	if n > 0 && n < len(cache) {
+		return cache[n]
+	}
+	return build(n)
+}
+
+// sqliteWrites are the statements that warm prepares for the SQLite write
+// transactions.
+var sqliteWrites = func() []string {
+	qs := []string{sqliteClaimKey, sqliteReadKey, sqliteUpdateKey, sqliteCounter, sqliteCharge1, sqliteInsertRecord,
+		sqliteSweepLinks, sqliteSweepHolds, sqliteInsertHold, sqliteTakeLinks, sqliteTakeHold,
+		sqliteChargeUsed, sqliteDropLinks, sqliteDropHold, sqliteMark}
+	for n := 1; n < 5; n++ {
+		qs = append(qs, sqliteCharges[n], sqliteLinks[n], sqliteCountersN[n])
+	}
+	return qs
+}()
+
+func sqliteLinksQuery(n int) string {
+	var b strings.Builder
+	b.WriteString("INSERT INTO quota_hold_counters (hold_id, pos, subject, action, period, period_start, amount, expires_at) VALUES ")
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?)")
+	}
+	return b.String()
+}
+
+func sqliteCountersQuery(n int) string {
+	var b strings.Builder
+	b.WriteString("WITH k(i, subject, action, period, period_start) AS (VALUES ")
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(?, ?, ?, ?, ?)")
+	}
+	b.WriteString(`)
+SELECT k.i, s.used, s.limit_max, s.period_end,
+	(SELECT ifnull(sum(c.amount), 0) FROM quota_hold_counters c
+	  WHERE c.subject = s.subject AND c.action = s.action AND c.period = s.period
+	    AND c.period_start = s.period_start AND c.expires_at > ?),
+	s.marks
+FROM k JOIN quota_summaries s ON s.subject = k.subject AND s.action = k.action
+	AND s.period = k.period AND s.period_start = k.period_start
+WHERE s.limit_max IS NOT NULL`)
+	return b.String()
+}
+
+// sqliteCharge returns the statement that adds the last argument to used
+// and sets limit_max on n counters, creating the missing ones with used
+// from their row of values. (SQLite checks used >= 0 on the row of values
+// before it resolves the conflict, so a release must not appear there.)
+func sqliteCharge(n int) string {
+	var b strings.Builder
+	b.WriteString("INSERT INTO quota_summaries (subject, action, period, period_start, period_end, used, limit_max) VALUES ")
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(?, ?, ?, ?, ?, ?, ?)")
+	}
+	b.WriteString(` ON CONFLICT (subject, action, period, period_start) DO UPDATE
+SET used = used + ?, limit_max = excluded.limit_max`)
+	return b.String()
+}
+
+func (d *sqliteDialect) countersSQL(keys []CounterKey, now time.Time) (string, []any) {
+	if len(keys) == 1 {
+		k := keys[0]
+		return sqliteCounter, []any{k.Subject, k.Action, k.Period.String(), d.tv(k.Start), d.tv(now)}
+	}
+	args := make([]any, 0, 5*len(keys)+1)
+	for i, k := range keys {
+		args = append(args, i+1, k.Subject, k.Action, k.Period.String(), d.tv(k.Start))
+	}
+	args = append(args, d.tv(now))
+	return cachedSQL(&sqliteCountersN, len(keys), sqliteCountersQuery), args
+}
+
+// sumsSQL reads each bucket's records as a range of an index: the bounds
+// come as a JSON array, which json_each turns into the rows of b, joined
+// with the records (and the rollups) in range.
+func (d *sqliteDialect) sumsSQL(q SumQuery) (string, []any) {
+	a := sqlArgs{param: d.param}
+	j := make([]byte, 0, 20*len(q.Bounds))
+	j = append(j, '[')
+	for i, t := range q.Bounds {
+		if i > 0 {
+			j = append(j, ',')
+		}
+		j = strconv.AppendInt(j, t.UnixMicro(), 10)
+	}
+	var b strings.Builder
+	b.WriteString(`WITH t AS (SELECT CAST(key AS INTEGER) AS i, value AS t FROM json_each(` + a.bind(string(append(j, ']'))) + `)),
+b AS (SELECT i AS bucket, t AS lo, lead(t) OVER (ORDER BY i) AS hi FROM t)`)
+	branch := func(alias, table, timeCol, count string) {
+		fmt.Fprintf(&b, "\nSELECT b.bucket, %s AS action, %s.amount AS amount, %s AS n\nFROM b JOIN %s %s ON %s.%s >= b.lo AND %s.%s < b.hi",
+			sumAction(q, alias), alias, count, table, alias, alias, timeCol, alias, timeCol)
+		sumFilter(&b, &a, q, alias)
+		b.WriteString("\nWHERE b.hi IS NOT NULL")
+	}
+	b.WriteString("\nSELECT bucket, action, sum(amount), sum(n) FROM (")
+	branch("r", "quota_records", "recorded_at", "1")
+	b.WriteString("\nUNION ALL")
+	branch("u", "quota_rollups", "bucket_start", "u.count")
+	b.WriteString("\n) x\nGROUP BY bucket, action\nORDER BY bucket, action")
+	return b.String(), a.vals
+}
+
+// write runs f in a write transaction, in the writer's turn, with the
+// write statements prepared.
+func (d *sqliteDialect) write(ctx context.Context, f func(q sqlQuerier) (keep bool, err error)) error {
+	done, err := d.s.writer(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	d.s.warm(ctx, sqliteWrites...)
+	return d.s.atomically(ctx, f)
+}
+
+// reached returns the bits of the marks that cur has reached.
+func reached(marks []int64, cur int64) int64 {
+	var bits int64
+	for m, v := range marks[:min(len(marks), MaxMarks)] {
+		if v > 0 && v <= cur {
+			bits |= 1 << m
+		}
+	}
+	return bits
+}
+
+// apply reads the counters, decides and writes, in one transaction.
+// With the recommended DSN that transaction is IMMEDIATE: it holds
+// SQLite's write lock from BEGIN, so nothing changes between the read and
+// the write, and a refusal reports the figures it was decided on.
+func (d *sqliteDialect) apply(ctx context.Context, op *Op) (ApplyResult, error) {
+	r := &op.Record
+	a := r.Amount
+	now := d.tv(op.Now)
+	keys := make([]CounterKey, len(op.Counters))
+	for i, c := range op.Counters {
+		keys[i] = c.CounterKey
+	}
+	var (
+		res     ApplyResult
+		keyErr  error
+		crossed []Crossing
+	)
+	err := d.write(ctx, func(q sqlQuerier) (bool, error) {
+		crossed = nil
+		if r.Key != "" {
+			k, err := q.ExecContext(ctx, sqliteClaimKey, r.Subject, r.Key, op.Fingerprint, r.Action, now)
+			if err != nil {
+				return false, err
+			}
+			if n, err := k.RowsAffected(); err != nil {
+				return false, err
+			} else if n == 0 {
+				var fp, action string
+				var recordID sql.NullInt64
+				var holdID, counters sql.NullString
+				var holdExp time.Time
+				err := q.QueryRowContext(ctx, sqliteReadKey, r.Subject, r.Key).Scan(&fp, &action, &recordID, &holdID, sqlTime{&holdExp}, &counters)
+				if err != nil {
+					return false, err
+				}
+				res, keyErr = replay(op, fp, action, recordID, holdID, holdExp, counters)
+				return false, nil
+			}
+		}
+		charge := a
+		if op.Hold != nil {
+			charge = 0
+		}
+		var cs []Counter
+		var marks []int64
+		if len(op.Counters) == 1 {
+			// One counter (the usual case): one statement charges it if
+			// the use fits; else it writes nothing, and the counter is
+			// read below, still under the write lock.
+			c := &op.Counters[0]
+			bound := int64(math.MaxInt64)
+			if op.Enforce && c.Max != Unlimited {
+				bound = c.Max
+			}
+			var used, held, mk int64
+			err := q.QueryRowContext(ctx, sqliteCharge1, c.Subject, c.Action, c.Period.String(), d.tv(c.Start), d.tv(c.End),
+				a, bound, now, c.Max, charge, max(charge, 0)).Scan(&used, &held, &mk)
+			switch {
+			case err == nil:
+				cs, marks = []Counter{{Used: used - charge, Held: held}}, []int64{mk}
+			case !errors.Is(err, sql.ErrNoRows):
+				return false, err
+			}
+		}
+		if cs == nil {
+			var err error
+			if cs, marks, err = d.s.readCounters(ctx, q, keys, op.Now); err != nil {
+				return false, err
+			}
+			refused, err := Admit(op, cs)
+			if err != nil {
+				return false, err
+			}
+			if !refused && len(op.Counters) == 1 {
+				return false, fmt.Errorf("counter of %q %q: the statement refused a use that fits", r.Subject, r.Action)
+			}
+			if refused {
+				for i := range cs {
+					cs[i].End = op.Counters[i].End
+				}
+				res = ApplyResult{Counters: cs}
+				return false, nil
+			}
+		}
+		if n := len(op.Counters); n > 1 {
+			stmt := cachedSQL(&sqliteCharges, n, sqliteCharge)
+			args := make([]any, 0, 7*n+1)
+			for _, c := range op.Counters {
+				args = append(args, c.Subject, c.Action, c.Period.String(), d.tv(c.Start), d.tv(c.End), max(charge, 0), c.Max)
+			}
+			args = append(args, charge)
+			if _, err := q.ExecContext(ctx, stmt, args...); err != nil {
+				return false, err
+			}
+		}
+		for i, c := range op.Counters {
+			cs[i] = Counter{CounterKey: c.CounterKey, End: c.End, Used: cs[i].Used, Held: cs[i].Held, Max: c.Max}
+			if op.Hold != nil {
+				cs[i].Held += a
+			} else {
+				cs[i].Used += a
+			}
+		}
+		// Set the marks reached first: this transaction holds the write
+		// lock, so the marks read above are the latest.
+		for i, c := range op.Counters {
+			if bits := reached(c.Marks, cs[i].Used+cs[i].Held) &^ marks[i]; bits != 0 {
+				if _, err := q.ExecContext(ctx, sqliteMark, bits, c.Subject, c.Action, c.Period.String(), d.tv(c.Start)); err != nil {
+					return false, err
+				}
+				for _, x := range crossings([]int64{bits}) {
+					crossed = append(crossed, Crossing{Counter: i, Mark: x.Mark})
+				}
+			}
+		}
+		res = ApplyResult{Applied: true, Counters: cs, Crossed: crossed}
+		if op.Hold != nil {
+			if err := d.holdRows(ctx, q, op); err != nil {
+				return false, err
+			}
+			res.HoldID, res.HoldExpiresAt = op.Hold.ID, utcTime(op.Hold.ExpiresAt.Truncate(time.Microsecond))
+		} else {
+			ins, err := q.ExecContext(ctx, sqliteInsertRecord, r.Subject, r.Action, a, nullString(r.ResourceID), nullJSON(r.Metadata), nullString(r.Key), d.tv(r.Time))
+			if err != nil {
+				return false, err
+			}
+			if res.RecordID, err = ins.LastInsertId(); err != nil { // the rowid, which id is
+				return false, err
+			}
+		}
+		if r.Key != "" {
+			out, err := encodeOutcome(cs)
+			if err != nil {
+				return false, err
+			}
+			if _, err := q.ExecContext(ctx, sqliteUpdateKey, nullInt(res.RecordID), nullString(res.HoldID), d.s.tvOrNull(res.HoldExpiresAt), out, r.Subject, r.Key); err != nil {
+				return false, err
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		return ApplyResult{}, err
+	}
+	return res, keyErr
+}
+
+func (d *sqliteDialect) holdRows(ctx context.Context, q sqlQuerier, op *Op) error {
+	r := &op.Record
+	now := d.tv(op.Now)
+	// Sweep the expired holds of this action.
+	if _, err := q.ExecContext(ctx, sqliteSweepLinks, r.Subject, r.Action, now); err != nil {
+		return err
+	}
+	if _, err := q.ExecContext(ctx, sqliteSweepHolds, r.Subject, r.Action, now); err != nil {
+		return err
+	}
+	exp := d.tv(op.Hold.ExpiresAt)
+	if _, err := q.ExecContext(ctx, sqliteInsertHold, op.Hold.ID, r.Subject, r.Action, r.Amount, nullString(r.ResourceID), nullJSON(r.Metadata), nullString(r.Key), d.tv(r.Time), exp); err != nil {
+		return err
+	}
+	if len(op.Counters) == 0 {
+		return nil
+	}
+	args := make([]any, 0, 8*len(op.Counters))
+	for i, c := range op.Counters {
+		args = append(args, op.Hold.ID, i+1, c.Subject, c.Action, c.Period.String(), d.tv(c.Start), r.Amount, exp)
+	}
+	_, err := q.ExecContext(ctx, cachedSQL(&sqliteLinks, len(op.Counters), sqliteLinksQuery), args...)
+	return err
+}
+
+// commit takes the hold id and its counters, charges the counters and
+// appends the record, in one transaction. A hold not found, expired (then
+// deleted), or smaller than amount is the outcome, an error.
+func (d *sqliteDialect) commit(ctx context.Context, id string, amount int64, now time.Time) (Record, error) {
+	var rec Record
+	var outcome error
+	err := d.write(ctx, func(q sqlQuerier) (bool, error) {
+		// The counters first: deleting the hold would cascade to them.
+		rows, err := q.QueryContext(ctx, sqliteTakeLinks, id)
+		if err != nil {
+			return false, err
+		}
+		type link struct {
+			period string
+			start  int64
+		}
+		var links []link
+		for rows.Next() {
+			var l link
+			if err := rows.Scan(&l.period, &l.start); err != nil {
+				rows.Close()
+				return false, err
+			}
+			links = append(links, l)
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return false, err
+		}
+		var held int64
+		var resource, key, meta sql.NullString
+		var expires time.Time
+		err = q.QueryRowContext(ctx, sqliteTakeHold, id).
+			Scan(&rec.Subject, &rec.Action, &held, &resource, &meta, &key, sqlTime{&rec.Time}, sqlTime{&expires})
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			outcome = ErrReservationNotFound
+			return false, nil
+		case err != nil:
+			return false, err
+		case !expires.After(now):
+			outcome = ErrReservationExpired
+			return true, nil // the hold is gone
+		case amount > held:
+			outcome = fmt.Errorf("%w: commit of %d on a hold of %d", ErrInvalidAmount, amount, held)
+			return false, nil
+		}
+		for _, l := range links {
+			if _, err := q.ExecContext(ctx, sqliteChargeUsed, amount, rec.Subject, rec.Action, l.period, l.start); err != nil {
+				return false, err
+			}
+		}
+		rec.Amount, rec.ResourceID, rec.Key = amount, resource.String, key.String
+		if meta.Valid && meta.String != "" {
+			rec.Metadata = json.RawMessage(meta.String)
+		}
+		ins, err := q.ExecContext(ctx, sqliteInsertRecord, rec.Subject, rec.Action, amount, resource, meta, key, d.tv(rec.Time))
+		if err == nil {
+			rec.ID, err = ins.LastInsertId()
+		}
+		return err == nil, err
+	})
+	if err != nil {
+		return Record{}, err
+	}
+	if outcome != nil {
+		return Record{}, outcome
+	}
+	return rec, nil
+}
+
+func (d *sqliteDialect) cancel(ctx context.Context, id string) (found bool, err error) {
+	err = d.write(ctx, func(q sqlQuerier) (bool, error) {
+		if _, err := q.ExecContext(ctx, sqliteDropLinks, id); err != nil {
+			return false, err
+		}
+		res, err := q.ExecContext(ctx, sqliteDropHold, id)
+		if err != nil {
+			return false, err
+		}
+		n, err := res.RowsAffected()
+		found = n > 0
+		return found, err
+	})
+	return found, err
+}
+
+// prune adds the records to their rollups, then deletes them, in one
+// transaction. The bucket of a record is its time rounded down to a
+// multiple of RollupStep (also before 1970).
+func (d *sqliteDialect) prune(ctx context.Context, before time.Time, limit int) (int64, error) {
+	done, err := d.s.writer(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer done()
+	const step = int64(RollupStep / time.Microsecond)
+	var n int64
+	err = d.s.atomically(ctx, func(q sqlQuerier) (bool, error) {
+		if _, err := q.ExecContext(ctx, `INSERT INTO quota_rollups AS u (subject, action, bucket_start, amount, count)
+SELECT subject, action, bucket, sum(amount), count(*) FROM (
+	SELECT subject, action, recorded_at - ((recorded_at % ?3) + ?3) % ?3 AS bucket, amount
+	  FROM quota_records WHERE recorded_at < ?1 ORDER BY id LIMIT ?2)
+WHERE true GROUP BY subject, action, bucket
+ON CONFLICT (subject, action, bucket_start) DO UPDATE
+SET amount = u.amount + excluded.amount, count = u.count + excluded.count`, d.tv(before), limit, step); err != nil {
+			return false, err
+		}
+		res, err := q.ExecContext(ctx, `DELETE FROM quota_records
+WHERE id IN (SELECT id FROM quota_records WHERE recorded_at < ?1 ORDER BY id LIMIT ?2)`, d.tv(before), limit)
+		if err != nil {
+			return false, err
+		}
+		n, err = res.RowsAffected()
+		return err == nil, err
+	})
+	return n, err
+}
