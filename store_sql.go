@@ -495,13 +495,29 @@ func checkTime(what string, t time.Time) error {
 	return nil
 }
 
-// validateOp checks op before any SQL: the engine validated it already,
-// but bun and the drivers must never see a name that would be rewritten or
-// truncated, nor an amount that could overflow in SQL.
+// validateOp checks op: its record, its hold and its counters.
 func validateOp(op *Op) error {
 	if op == nil {
 		return errors.New("nil op")
 	}
+	if err := validateRecord(op); err != nil {
+		return err
+	}
+	if err := validateHold(op); err != nil {
+		return err
+	}
+	if err := checkTime("now", op.Now); err != nil {
+		return err
+	}
+	if err := checkTime("record time", op.Record.Time); err != nil {
+		return err
+	}
+	return validateCounters(op)
+}
+
+// validateRecord checks the names and metadata of op's record, and its
+// fingerprint.
+func validateRecord(op *Op) error {
 	r := &op.Record
 	if err := checkName(r.Subject, ErrInvalidSubject); err != nil {
 		return err
@@ -522,26 +538,27 @@ func validateOp(op *Op) error {
 			return fmt.Errorf("resource id: %w", err)
 		}
 	}
-	if err := checkMetadata(r.Metadata); err != nil {
-		return err
+	return checkMetadata(r.Metadata)
+}
+
+// validateHold checks op's hold, if it has one.
+func validateHold(op *Op) error {
+	if op.Hold == nil {
+		return nil
 	}
-	if op.Hold != nil && r.Amount <= 0 {
-		return fmt.Errorf("%w: cannot hold %d", ErrInvalidAmount, r.Amount)
+	if op.Record.Amount <= 0 {
+		return fmt.Errorf("%w: cannot hold %d", ErrInvalidAmount, op.Record.Amount)
 	}
-	if op.Hold != nil {
-		if err := checkName(op.Hold.ID, ErrInvalidName); err != nil {
-			return fmt.Errorf("hold id: %w", err)
-		}
-		if err := checkTime("hold expiry", op.Hold.ExpiresAt); err != nil {
-			return err
-		}
+	if err := checkName(op.Hold.ID, ErrInvalidName); err != nil {
+		return fmt.Errorf("hold id: %w", err)
 	}
-	if err := checkTime("now", op.Now); err != nil {
-		return err
-	}
-	if err := checkTime("record time", r.Time); err != nil {
-		return err
-	}
+	return checkTime("hold expiry", op.Hold.ExpiresAt)
+}
+
+// validateCounters checks that op's counters are the record's, in range,
+// sorted and distinct.
+func validateCounters(op *Op) error {
+	r := &op.Record
 	for i, c := range op.Counters {
 		if c.Subject != r.Subject || c.Action != r.Action {
 			return fmt.Errorf("counter %d is for %q %q, not the record's %q %q", i, c.Subject, c.Action, r.Subject, r.Action)

@@ -287,176 +287,279 @@ func reached(marks []int64, cur int64) int64 {
 	return bits
 }
 
-// apply reads the counters, decides and writes, in one transaction.
-// With the recommended DSN that transaction is IMMEDIATE: it holds
-// SQLite's write lock from BEGIN, so nothing changes between the read and
-// the write, and a refusal reports the figures it was decided on.
+// apply reads the counters, decides and writes, in one transaction (see
+// sqliteUse).
 func (d *sqliteDialect) apply(ctx context.Context, op *Op) (ApplyResult, error) {
-	r := &op.Record
-	a := r.Amount
-	now := d.tv(op.Now)
-	keys := make([]CounterKey, len(op.Counters))
-	for i, c := range op.Counters {
-		keys[i] = c.CounterKey
-	}
-	var (
-		res     ApplyResult
-		keyErr  error
-		crossed []Crossing
-	)
+	var u *sqliteUse
 	err := d.write(ctx, func(q sqlQuerier) (bool, error) {
-		crossed = nil
-		if r.Key != "" {
-			k, err := q.ExecContext(ctx, sqliteClaimKey, r.Subject, r.Key, op.Fingerprint, r.Action, now)
-			if err != nil {
-				return false, err
-			}
-			if n, err := k.RowsAffected(); err != nil {
-				return false, err
-			} else if n == 0 {
-				var fp, action string
-				var recordID sql.NullInt64
-				var holdID, counters sql.NullString
-				var holdExp time.Time
-				err := q.QueryRowContext(ctx, sqliteReadKey, r.Subject, r.Key).Scan(&fp, &action, &recordID, &holdID, sqlTime{&holdExp}, &counters)
-				if err != nil {
-					return false, err
-				}
-				res, keyErr = replay(op, fp, action, recordID, holdID, holdExp, counters)
-				return false, nil
-			}
-		}
-		charge := a
-		if op.Hold != nil {
-			charge = 0
-		}
-		var cs []Counter
-		var marks []int64
-		if len(op.Counters) == 1 {
-			// One counter (the usual case): one statement charges it if
-			// the use fits; else it writes nothing, and the counter is
-			// read below, still under the write lock.
-			c := &op.Counters[0]
-			bound := int64(math.MaxInt64)
-			if op.Enforce && c.Max != Unlimited {
-				bound = c.Max
-			}
-			var used, held, mk int64
-			err := q.QueryRowContext(ctx, sqliteCharge1, c.Subject, c.Action, c.Period.String(), d.tv(c.Start), d.tv(c.End),
-				a, bound, now, c.Max, charge, max(charge, 0)).Scan(&used, &held, &mk)
-			switch {
-			case err == nil:
-				cs, marks = []Counter{{Used: used - charge, Held: held}}, []int64{mk}
-			case !errors.Is(err, sql.ErrNoRows):
-				return false, err
-			}
-		}
-		if cs == nil {
-			var err error
-			if cs, marks, err = d.s.readCounters(ctx, q, keys, op.Now); err != nil {
-				return false, err
-			}
-			refused, err := Admit(op, cs)
-			if err != nil {
-				return false, err
-			}
-			if !refused && len(op.Counters) == 1 {
-				return false, fmt.Errorf("counter of %q %q: the statement refused a use that fits", r.Subject, r.Action)
-			}
-			if refused {
-				for i := range cs {
-					cs[i].End = op.Counters[i].End
-				}
-				res = ApplyResult{Counters: cs}
-				return false, nil
-			}
-		}
-		if n := len(op.Counters); n > 1 {
-			stmt := cachedSQL(&sqliteCharges, n, sqliteCharge)
-			args := make([]any, 0, 7*n+1)
-			for _, c := range op.Counters {
-				args = append(args, c.Subject, c.Action, c.Period.String(), d.tv(c.Start), d.tv(c.End), max(charge, 0), c.Max)
-			}
-			args = append(args, charge)
-			if _, err := q.ExecContext(ctx, stmt, args...); err != nil {
-				return false, err
-			}
-		}
-		for i, c := range op.Counters {
-			cs[i] = Counter{CounterKey: c.CounterKey, End: c.End, Used: cs[i].Used, Held: cs[i].Held, Max: c.Max}
-			if op.Hold != nil {
-				cs[i].Held += a
-			} else {
-				cs[i].Used += a
-			}
-		}
-		// Set the marks reached first: this transaction holds the write
-		// lock, so the marks read above are the latest.
-		for i, c := range op.Counters {
-			if bits := reached(c.Marks, cs[i].Used+cs[i].Held) &^ marks[i]; bits != 0 {
-				if _, err := q.ExecContext(ctx, sqliteMark, bits, c.Subject, c.Action, c.Period.String(), d.tv(c.Start)); err != nil {
-					return false, err
-				}
-				for _, x := range crossings([]int64{bits}) {
-					crossed = append(crossed, Crossing{Counter: i, Mark: x.Mark})
-				}
-			}
-		}
-		res = ApplyResult{Applied: true, Counters: cs, Crossed: crossed}
-		if op.Hold != nil {
-			if err := d.holdRows(ctx, q, op); err != nil {
-				return false, err
-			}
-			res.HoldID, res.HoldExpiresAt = op.Hold.ID, utcTime(op.Hold.ExpiresAt.Truncate(time.Microsecond))
-		} else {
-			ins, err := q.ExecContext(ctx, sqliteInsertRecord, r.Subject, r.Action, a, nullString(r.ResourceID), nullJSON(r.Metadata), nullString(r.Key), d.tv(r.Time))
-			if err != nil {
-				return false, err
-			}
-			if res.RecordID, err = ins.LastInsertId(); err != nil { // the rowid, which id is
-				return false, err
-			}
-		}
-		if r.Key != "" {
-			out, err := encodeOutcome(cs)
-			if err != nil {
-				return false, err
-			}
-			if _, err := q.ExecContext(ctx, sqliteUpdateKey, nullInt(res.RecordID), nullString(res.HoldID), d.s.tvOrNull(res.HoldExpiresAt), out, r.Subject, r.Key); err != nil {
-				return false, err
-			}
-		}
-		return true, nil
+		u = &sqliteUse{d: d, q: q, op: op, now: d.tv(op.Now)}
+		return u.run(ctx)
 	})
 	if err != nil {
 		return ApplyResult{}, err
 	}
-	return res, keyErr
+	return u.res, u.keyErr
 }
 
-func (d *sqliteDialect) holdRows(ctx context.Context, q sqlQuerier, op *Op) error {
-	r := &op.Record
-	now := d.tv(op.Now)
-	// Sweep the expired holds of this action.
-	if _, err := q.ExecContext(ctx, sqliteSweepLinks, r.Subject, r.Action, now); err != nil {
+// sqliteUse is one Op applied in one SQLite write transaction, step by
+// step: look up its key, read its counters, admit it, write it, set the
+// marks it reaches first, and record or hold it. The transaction holds the
+// write lock throughout, so what a step reads is still true in the next.
+type sqliteUse struct {
+	d   *sqliteDialect
+	q   sqlQuerier
+	op  *Op
+	now any // op.Now, encoded
+	// cs are the counters: before the use, then after it (settle).
+	cs []Counter
+	// marks are the bits of the marks already set on each counter.
+	marks []int64
+	// res is the result; keyErr the outcome of a key seen before.
+	res    ApplyResult
+	keyErr error
+}
+
+// run performs the steps; it returns keep false to roll back, for a
+// replay or a refusal too.
+func (u *sqliteUse) run(ctx context.Context) (keep bool, err error) {
+	if replayed, err := u.lookupKey(ctx); err != nil || replayed {
+		return false, err
+	}
+	// One counter (the usual case): one statement reads, admits and
+	// writes. Else, and when that statement refuses the use, the steps
+	// one by one.
+	charged, err := u.chargeOne(ctx)
+	if err != nil {
+		return false, err
+	}
+	if !charged {
+		if err := u.readCounters(ctx); err != nil {
+			return false, err
+		}
+		if admitted, err := u.admit(); err != nil || !admitted {
+			return false, err
+		}
+		if err := u.write(ctx); err != nil {
+			return false, err
+		}
+	}
+	u.settle()
+	crossed, err := u.mark(ctx)
+	if err != nil {
+		return false, err
+	}
+	u.res = ApplyResult{Applied: true, Counters: u.cs, Crossed: crossed}
+	if u.op.Hold != nil {
+		err = u.hold(ctx)
+	} else {
+		err = u.record(ctx)
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, u.rememberKey(ctx)
+}
+
+// charge is what the use adds to Used now: its amount, or 0 for a hold,
+// which adds to Held instead.
+func (u *sqliteUse) charge() int64 {
+	if u.op.Hold != nil {
+		return 0
+	}
+	return u.op.Record.Amount
+}
+
+// lookupKey claims the key of the use, if it has one. A key claimed
+// before gives its first outcome (or a conflict) in res and keyErr, and
+// replayed true.
+func (u *sqliteUse) lookupKey(ctx context.Context) (replayed bool, err error) {
+	r := &u.op.Record
+	if r.Key == "" {
+		return false, nil
+	}
+	k, err := u.q.ExecContext(ctx, sqliteClaimKey, r.Subject, r.Key, u.op.Fingerprint, r.Action, u.now)
+	if err != nil {
+		return false, err
+	}
+	if n, err := k.RowsAffected(); err != nil || n > 0 {
+		return false, err
+	}
+	var fp, action string
+	var recordID sql.NullInt64
+	var holdID, counters sql.NullString
+	var holdExp time.Time
+	err = u.q.QueryRowContext(ctx, sqliteReadKey, r.Subject, r.Key).Scan(&fp, &action, &recordID, &holdID, sqlTime{&holdExp}, &counters)
+	if err != nil {
+		return false, err
+	}
+	u.res, u.keyErr = replay(u.op, fp, action, recordID, holdID, holdExp, counters)
+	return true, nil
+}
+
+// chargeOne charges the counter of a use of one counter, in one
+// statement, if the use fits it, and reads the counter as it was before
+// into cs and marks. It writes nothing, and returns charged false, when
+// the use does not fit or has not one counter.
+func (u *sqliteUse) chargeOne(ctx context.Context) (charged bool, err error) {
+	if len(u.op.Counters) != 1 {
+		return false, nil
+	}
+	c := &u.op.Counters[0]
+	bound := int64(math.MaxInt64)
+	if u.op.Enforce && c.Max != Unlimited {
+		bound = c.Max
+	}
+	charge := u.charge()
+	var used, held, mk int64
+	err = u.q.QueryRowContext(ctx, sqliteCharge1, c.Subject, c.Action, c.Period.String(), u.d.tv(c.Start), u.d.tv(c.End),
+		u.op.Record.Amount, bound, u.now, c.Max, charge, max(charge, 0)).Scan(&used, &held, &mk)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	u.cs, u.marks = []Counter{{Used: used - charge, Held: held}}, []int64{mk}
+	return true, nil
+}
+
+// readCounters reads the counters of the use, and their marks, into cs
+// and marks.
+func (u *sqliteUse) readCounters(ctx context.Context) (err error) {
+	keys := make([]CounterKey, len(u.op.Counters))
+	for i, c := range u.op.Counters {
+		keys[i] = c.CounterKey
+	}
+	u.cs, u.marks, err = u.d.s.readCounters(ctx, u.q, keys, u.op.Now)
+	return err
+}
+
+// admit decides on the use from cs, by Admit. A refusal leaves its
+// result in res.
+func (u *sqliteUse) admit() (admitted bool, err error) {
+	refused, err := Admit(u.op, u.cs)
+	if err != nil {
+		return false, err
+	}
+	if refused {
+		for i := range u.cs {
+			u.cs[i].End = u.op.Counters[i].End
+		}
+		u.res = ApplyResult{Counters: u.cs}
+		return false, nil
+	}
+	if len(u.op.Counters) == 1 {
+		r := &u.op.Record
+		return false, fmt.Errorf("counter of %q %q: the statement refused a use that fits", r.Subject, r.Action)
+	}
+	return true, nil
+}
+
+// write charges the counters of an admitted use of several counters, in
+// one statement. (chargeOne charged a use of one; none takes nothing.)
+func (u *sqliteUse) write(ctx context.Context) error {
+	n := len(u.op.Counters)
+	if n < 2 {
+		return nil
+	}
+	charge := u.charge()
+	args := make([]any, 0, 7*n+1)
+	for _, c := range u.op.Counters {
+		args = append(args, c.Subject, c.Action, c.Period.String(), u.d.tv(c.Start), u.d.tv(c.End), max(charge, 0), c.Max)
+	}
+	args = append(args, charge)
+	_, err := u.q.ExecContext(ctx, cachedSQL(&sqliteCharges, n, sqliteCharge), args...)
+	return err
+}
+
+// settle turns cs into the counters after the use.
+func (u *sqliteUse) settle() {
+	a := u.op.Record.Amount
+	for i, c := range u.op.Counters {
+		u.cs[i] = Counter{CounterKey: c.CounterKey, End: c.End, Used: u.cs[i].Used, Held: u.cs[i].Held, Max: c.Max}
+		if u.op.Hold != nil {
+			u.cs[i].Held += a
+		} else {
+			u.cs[i].Used += a
+		}
+	}
+}
+
+// mark sets the marks that the use reached first, and returns them: the
+// transaction holds the write lock, so the marks read before are the
+// latest.
+func (u *sqliteUse) mark(ctx context.Context) ([]Crossing, error) {
+	var crossed []Crossing
+	for i, c := range u.op.Counters {
+		bits := reached(c.Marks, u.cs[i].Used+u.cs[i].Held) &^ u.marks[i]
+		if bits == 0 {
+			continue
+		}
+		if _, err := u.q.ExecContext(ctx, sqliteMark, bits, c.Subject, c.Action, c.Period.String(), u.d.tv(c.Start)); err != nil {
+			return nil, err
+		}
+		for _, x := range crossings([]int64{bits}) {
+			crossed = append(crossed, Crossing{Counter: i, Mark: x.Mark})
+		}
+	}
+	return crossed, nil
+}
+
+// record appends the record of the use, and sets res.RecordID.
+func (u *sqliteUse) record(ctx context.Context) error {
+	r := &u.op.Record
+	ins, err := u.q.ExecContext(ctx, sqliteInsertRecord, r.Subject, r.Action, r.Amount, nullString(r.ResourceID), nullJSON(r.Metadata), nullString(r.Key), u.d.tv(r.Time))
+	if err != nil {
 		return err
 	}
-	if _, err := q.ExecContext(ctx, sqliteSweepHolds, r.Subject, r.Action, now); err != nil {
+	u.res.RecordID, err = ins.LastInsertId() // the rowid, which id is
+	return err
+}
+
+// hold sweeps the expired holds of the use's action, creates the hold of
+// the use on its counters, and sets res.HoldID and res.HoldExpiresAt.
+func (u *sqliteUse) hold(ctx context.Context) error {
+	op, r := u.op, &u.op.Record
+	if _, err := u.q.ExecContext(ctx, sqliteSweepLinks, r.Subject, r.Action, u.now); err != nil {
 		return err
 	}
-	exp := d.tv(op.Hold.ExpiresAt)
-	if _, err := q.ExecContext(ctx, sqliteInsertHold, op.Hold.ID, r.Subject, r.Action, r.Amount, nullString(r.ResourceID), nullJSON(r.Metadata), nullString(r.Key), d.tv(r.Time), exp); err != nil {
+	if _, err := u.q.ExecContext(ctx, sqliteSweepHolds, r.Subject, r.Action, u.now); err != nil {
 		return err
 	}
+	exp := u.d.tv(op.Hold.ExpiresAt)
+	if _, err := u.q.ExecContext(ctx, sqliteInsertHold, op.Hold.ID, r.Subject, r.Action, r.Amount, nullString(r.ResourceID), nullJSON(r.Metadata), nullString(r.Key), u.d.tv(r.Time), exp); err != nil {
+		return err
+	}
+	u.res.HoldID, u.res.HoldExpiresAt = op.Hold.ID, utcTime(op.Hold.ExpiresAt.Truncate(time.Microsecond))
 	if len(op.Counters) == 0 {
 		return nil
 	}
 	args := make([]any, 0, 8*len(op.Counters))
 	for i, c := range op.Counters {
-		args = append(args, op.Hold.ID, i+1, c.Subject, c.Action, c.Period.String(), d.tv(c.Start), r.Amount, exp)
+		args = append(args, op.Hold.ID, i+1, c.Subject, c.Action, c.Period.String(), u.d.tv(c.Start), r.Amount, exp)
 	}
-	_, err := q.ExecContext(ctx, cachedSQL(&sqliteLinks, len(op.Counters), sqliteLinksQuery), args...)
+	_, err := u.q.ExecContext(ctx, cachedSQL(&sqliteLinks, len(op.Counters), sqliteLinksQuery), args...)
 	return err
+}
+
+// rememberKey stores the outcome of the use with its key, if it has one.
+func (u *sqliteUse) rememberKey(ctx context.Context) error {
+	r := &u.op.Record
+	if r.Key == "" {
+		return nil
+	}
+	out, err := encodeOutcome(u.cs)
+	if err != nil {
+		return err
+	}
+	_, err = u.q.ExecContext(ctx, sqliteUpdateKey, nullInt(u.res.RecordID), nullString(u.res.HoldID), u.d.s.tvOrNull(u.res.HoldExpiresAt), out, r.Subject, r.Key)
+	return err
+}
+
+// sqliteLink is a counter that a hold is charged to.
+type sqliteLink struct {
+	period string
+	start  int64
 }
 
 // commit takes the hold id and its counters, charges the counters and
@@ -467,24 +570,8 @@ func (d *sqliteDialect) commit(ctx context.Context, id string, amount int64, now
 	var outcome error
 	err := d.write(ctx, func(q sqlQuerier) (bool, error) {
 		// The counters first: deleting the hold would cascade to them.
-		rows, err := q.QueryContext(ctx, sqliteTakeLinks, id)
+		links, err := takeLinks(ctx, q, id)
 		if err != nil {
-			return false, err
-		}
-		type link struct {
-			period string
-			start  int64
-		}
-		var links []link
-		for rows.Next() {
-			var l link
-			if err := rows.Scan(&l.period, &l.start); err != nil {
-				rows.Close()
-				return false, err
-			}
-			links = append(links, l)
-		}
-		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 			return false, err
 		}
 		var held int64
@@ -527,6 +614,27 @@ func (d *sqliteDialect) commit(ctx context.Context, id string, amount int64, now
 		return Record{}, outcome
 	}
 	return rec, nil
+}
+
+// takeLinks deletes the counters of the hold id and returns them.
+func takeLinks(ctx context.Context, q sqlQuerier, id string) ([]sqliteLink, error) {
+	rows, err := q.QueryContext(ctx, sqliteTakeLinks, id)
+	if err != nil {
+		return nil, err
+	}
+	var links []sqliteLink
+	for rows.Next() {
+		var l sqliteLink
+		if err := rows.Scan(&l.period, &l.start); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		links = append(links, l)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return nil, err
+	}
+	return links, nil
 }
 
 func (d *sqliteDialect) cancel(ctx context.Context, id string) (found bool, err error) {
