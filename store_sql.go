@@ -44,8 +44,8 @@ var sqlMigrations embed.FS
 
 // SQLStore is a Store in a SQLite or PostgreSQL database reached through
 // bun. Build one with NewSQLStore and create its tables with Migrate. It
-// also answers Quota.Series and Quota.TopSubjects (Sums, Top) and
-// Quota.Prune (Prune).
+// also implements the optional Summer, Ranker and Pruner, so that
+// Quota.Series, Quota.TopSubjects and Quota.Prune run in SQL.
 //
 // All tables are named quota_*: quota_records (the ledger),
 // quota_summaries (one row per counter window: the per-period summary),
@@ -61,9 +61,9 @@ var sqlMigrations embed.FS
 //     round trip; Cancel and Prune are one statement too. They are correct
 //     under READ COMMITTED, the default: a use locks its counter rows in
 //     the order of CounterKey.Less and re-checks the limit on their latest
-//     version (see migrations/pg/0002_functions.sql); under stricter
-//     levels a conflicting concurrent use fails with a serialization
-//     error, to retry. A use refused takes no lock.
+//     version (see migrations/pg/0002_functions.sql, and 0004 for the
+//     marks); under stricter levels a conflicting concurrent use fails
+//     with a serialization error, to retry. A use refused takes no lock.
 //   - SQLite: Apply, Commit, Cancel and Prune each run a few statements in
 //     one transaction, which the recommended DSN makes IMMEDIATE: it holds
 //     the write lock from its start. The writers of one SQLStore queue in
@@ -976,13 +976,13 @@ func (s *SQLStore) recordsSQL(rq RecordQuery) (string, []any) {
 	return b.String(), a.vals
 }
 
-// Sums adds up the records that q selects, and the rollups of pruned
-// records, per bucket (and action), for Quota.Series: one statement. On
-// SQLite it reads each bucket's records as a range of an index; on
-// PostgreSQL it reads the whole range once and finds each row's bucket
-// with width_bucket, a binary search in the bounds, so that no plan (a
-// generic plan of a prepared statement included) can compare every row
-// with every bucket.
+// Sums implements Summer: it adds up the records that q selects, and the
+// rollups of pruned records, per bucket (and action), for Quota.Series,
+// in one statement. On SQLite it reads each bucket's records as a range
+// of an index; on PostgreSQL it reads the whole range once and finds each
+// row's bucket with width_bucket, a binary search in the bounds, so that
+// no plan (a generic plan of a prepared statement included) can compare
+// every row with every bucket.
 func (s *SQLStore) Sums(ctx context.Context, q SumQuery) ([]Sum, error) {
 	if err := s.enter(ctx); err != nil {
 		return nil, s.fail(ctx, "sums", err)
@@ -1056,10 +1056,10 @@ func sumFilter(b *strings.Builder, a *sqlArgs, q SumQuery, alias string) {
 	}
 }
 
-// Top returns the subjects with the largest totals of q.Action in
-// [q.From, q.To), records and rollups of pruned records alike, largest
-// first, ties by subject (in byte order), at most q.Limit of them, for
-// Quota.TopSubjects.
+// Top implements Ranker: it returns the subjects with the largest totals
+// of q.Action in [q.From, q.To), records and rollups of pruned records
+// alike, largest first, ties by subject (in byte order), at most q.Limit
+// of them, for Quota.TopSubjects.
 func (s *SQLStore) Top(ctx context.Context, q TopQuery) ([]SubjectTotal, error) {
 	if err := s.enter(ctx); err != nil {
 		return nil, s.fail(ctx, "top", err)
@@ -1093,10 +1093,11 @@ func (s *SQLStore) Top(ctx context.Context, q TopQuery) ([]SubjectTotal, error) 
 	return out, nil
 }
 
-// Prune deletes up to limit records whose Time is before the cutoff,
-// lowest IDs first, and folds each into the rollup of its subject, action
-// and quarter hour (RollupStep), in one atomic step, for Quota.Prune. It
-// returns how many records it deleted. Counters are not touched.
+// Prune implements Pruner: it deletes up to limit records whose Time is
+// before the cutoff, lowest IDs first, and folds each into the rollup of
+// its subject, action and quarter hour (RollupStep), in one atomic step,
+// for Quota.Prune. It returns how many records it deleted. Counters are
+// not touched.
 func (s *SQLStore) Prune(ctx context.Context, before time.Time, limit int) (int64, error) {
 	if err := s.enter(ctx); err != nil {
 		return 0, s.fail(ctx, "prune", err)

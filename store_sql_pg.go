@@ -1,6 +1,7 @@
 // SQLStore on PostgreSQL: its SQL, its encodings, and its writes, each one
 // statement; Apply and Commit call the functions of
-// migrations/pg/0002_functions.sql.
+// migrations/pg/0002_functions.sql (quota_apply as
+// 0004_generic_marks.sql redefines it, for marks of any width).
 
 package quota
 
@@ -27,6 +28,7 @@ var _ sqlDialect = (*pgDialect)(nil)
 // caller's transaction: Apply and Commit call quota_apply and
 // quota_commit, which Migrate creates, so each is one round trip. They
 // are correct under READ COMMITTED (see migrations/pg/0002_functions.sql).
+// Marks go to quota_apply as one array, the same number per counter.
 // Statements are not prepared by the store: pgx caches them per
 // connection.
 type pgDialect struct {

@@ -32,8 +32,9 @@ type sqliteDialect struct {
 	s *SQLStore
 }
 
-// newSQLiteDialect returns the SQLite dialect of s, and sets up the
-// writer queue of s when s runs its own transactions.
+// newSQLiteDialect returns the SQLite dialect of s. When s runs its own
+// transactions it sets up their writer queue and keeps the statement
+// cache; over the caller's transaction it has neither.
 func newSQLiteDialect(s *SQLStore) *sqliteDialect {
 	if s.begin != nil {
 		s.wsem = make(chan struct{}, 1)
