@@ -25,17 +25,19 @@ func TestSQLStoreTimeout(t *testing.T) {
 		const bound = 200 * time.Millisecond
 		q := newQuota(t, st, quota.Config{Plans: testPlans, DefaultPlan: "FREE", StoreTimeout: bound})
 		u := quota.Use{Subject: "org-timeout", Action: "diagram.upload", Amount: 1}
-		if d, err := q.Consume(t.Context(), u); err != nil || !d.Allowed {
-			t.Fatalf("Consume before the lock = %+v, %v", d, err)
-		}
 
-		// Another connection takes the lock and keeps it.
+		// The connection that will hold the lock, taken first, so that the
+		// Consume below leaves a warm connection for the one behind the
+		// lock (opening one may take longer than the bound).
 		ctx := context.Background()
 		conn, err := db.Conn(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer conn.Close()
+		if d, err := q.Consume(t.Context(), u); err != nil || !d.Allowed {
+			t.Fatalf("Consume before the lock = %+v, %v", d, err)
+		}
 		begin := "BEGIN"
 		if b.name == "sqlite" {
 			begin = "BEGIN IMMEDIATE"
@@ -47,8 +49,13 @@ func TestSQLStoreTimeout(t *testing.T) {
 			t.Fatal(err)
 		}
 
+		// A keyed use: a call that fails may still be applied (the
+		// database may run it once the lock is gone), and repeating it
+		// with its key tells which.
+		keyed := u
+		keyed.Key = "behind-the-lock"
 		start := time.Now()
-		_, err = q.Consume(t.Context(), u)
+		_, err = q.Consume(t.Context(), keyed)
 		took := time.Since(start)
 		if !errors.Is(err, quota.ErrStoreUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("Consume behind a lock = %v; want an error matching ErrStoreUnavailable and context.DeadlineExceeded", err)
@@ -60,9 +67,13 @@ func TestSQLStoreTimeout(t *testing.T) {
 		if _, err := conn.ExecContext(ctx, "ROLLBACK"); err != nil {
 			t.Fatal(err)
 		}
-		d, err := q.Consume(t.Context(), u)
+		d, err := q.Consume(t.Context(), keyed)
 		if err != nil || !d.Allowed || d.Used != 2 {
-			t.Errorf("Consume after the lock = used %d, %v; want the second use", d.Used, err)
+			t.Errorf("the keyed Consume repeated after the lock = used %d, %v; want the second use, once (replayed or not)", d.Used, err)
+		}
+		d, err = q.Consume(t.Context(), u)
+		if err != nil || !d.Allowed || d.Used != 3 {
+			t.Errorf("Consume after the lock = used %d, %v; want the third use", d.Used, err)
 		}
 		checkBalanced(t, db)
 	})
