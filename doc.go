@@ -60,8 +60,43 @@
 // subscription anchored on 31 January renews on 28 or 29 February, 31
 // March, 30 April.
 //
+// # Failures, cancellation and time bounds
+//
+// A denial is a Decision; an error is a failure. Bad input gets an error
+// matching one of the sentinels (ErrInvalidSubject, ErrInvalidAmount,
+// ErrInvalidMetadata, ...) and writes nothing. A failure of the store (a
+// database that does not answer, a connection cut, a call past
+// Config.StoreTimeout) matches ErrStoreUnavailable and wraps its cause.
+//
+// A call that fails after it reached the store may still have been
+// applied: the database may commit a use and lose the connection before
+// the answer arrives, and a context cancelled during the call does not
+// undo what the database already did. So an error from Consume, Track or
+// Commit does not prove that nothing was recorded. Repeat a Consume or a
+// Track with the same idempotency key (Use.Key) to learn its outcome: the
+// repeat returns the first outcome if there was one. A Commit repeated
+// after such an error answers ErrReservationNotFound when the first one
+// was applied. A Reserve that fails this way leaves no hold behind: the
+// Quota releases it in the background, and a Quota sweeps expired holds
+// every Config.SweepInterval.
+//
+// # Users and store authors
+//
+// Applications use New, Config, Quota and its methods, Plan and Limit
+// (PerMonth, Total, ...), Use, Decision, LimitStatus, Reservation,
+// Subscription, Report, SeriesQuery, TopQuery, HistoryQuery, Record,
+// Notification, the HTTP Middleware and UsageHandler with their options,
+// and the two stores: MemoryStore and SQLStore.
+//
+// Store authors implement Store, and optionally Summer, Ranker, Pruner,
+// Outbox and Sweeper; they meet Op, CounterOp, CounterKey, Counter,
+// Crossing, Hold, ApplyResult, Notice, RecordQuery, SumQuery and Sum, and
+// may call Admit, the admission rule. Package quotatest is the
+// conformance suite every store passes.
+//
 // # Stores
 //
 // MemoryStore keeps usage in memory, for tests and single-process apps.
-// Every Store passes the conformance suite in package quotatest.
+// SQLStore keeps it in SQLite or PostgreSQL through bun. Every Store
+// passes the conformance suite in package quotatest.
 package quota

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"slices"
 	"strconv"
@@ -58,17 +59,32 @@ type Config struct {
 	// DefaultThresholds.
 	Thresholds Thresholds
 
-	// Notify, when set, is called once per subject, limit, window and
-	// level, when a use (Consume, Track or Reserve) first brings the
-	// limit's usage, reservations included, to the level's threshold.
-	// The mark is written with the use, so that exactly one use crosses
-	// each threshold, whatever the number of goroutines and processes
-	// sharing the store. Notify runs on a goroutine of the Quota, one
-	// call at a time, never on the caller's: a use only queues it, and
-	// never waits for or fails because of it. Close delivers what is
-	// queued before it returns. Notifications still queued when the
-	// process dies are lost. Default nil: no notifications.
+	// Notify, when set, is called when a use (Consume, Track, or the
+	// Commit of a reservation) first brings a limit's usage in its
+	// window to a level's threshold: once per crossing, for the highest
+	// level the use reached. A reservation counts when it is committed,
+	// not when it is taken, so a cancelled one notifies nothing. The
+	// store writes the crossing to its outbox in the same atomic step
+	// as the use (the store must be an Outbox: MemoryStore and SQLStore
+	// are), so a use rolled back with the caller's transaction notifies
+	// nothing, and a notification survives a crash: it is delivered
+	// after commit, at least once, with a stable Notification.ID that
+	// the hook can dedupe on. Notify runs on a goroutine of the Quota,
+	// one call at a time, never on the caller's: a use never waits for
+	// or fails because of it. An error or a panic is retried with a
+	// backoff from 1 s doubling to 1 h, at most 20 attempts. Processes
+	// sharing a store share the work: each notification is claimed by
+	// one of them, and by another only if the first did not finish it
+	// within NotifyTimeout plus 5 s. Close delivers what is due before
+	// it returns. Quotas sharing a store should all set Notify, or none.
+	// Default nil: no notifications.
 	Notify func(ctx context.Context, n Notification) error
+
+	// NotifyPoll is how often the Quota looks in the outbox for
+	// notifications that it did not write itself (other processes', a
+	// caller's transaction committed later, retries that fell due).
+	// Default DefaultNotifyPoll.
+	NotifyPoll time.Duration
 
 	// NotifyTimeout bounds each call of Notify: its context expires
 	// then. Default DefaultNotifyTimeout.
@@ -83,8 +99,31 @@ type Config struct {
 	StoreTimeout time.Duration
 
 	// OnError receives the errors Notify returns and its panics.
-	// Default: logged with slog.Default at level Error.
+	// Default: logged to Logger at level Error.
 	OnError func(error)
+
+	// SweepInterval is how often the Quota removes expired holds from a
+	// store that is a Sweeper (MemoryStore and SQLStore are), on a
+	// goroutine of its own, whatever the traffic. Negative: never.
+	// Default DefaultSweepInterval.
+	SweepInterval time.Duration
+
+	// Observer, when set, receives every engine call, decision, store
+	// call and notification delivery, for metrics and traces; see
+	// Observer for when each of its functions is called and what it
+	// costs. Default nil: nothing is observed, at the cost of a nil
+	// check per call.
+	Observer *Observer
+
+	// Logger receives, at level Error, the errors that reach no caller
+	// and no hook: those of the Quota's background work (releasing
+	// orphaned holds, delivering notifications), Notify's errors when
+	// OnError is nil, and the errors of Middleware and UsageHandler
+	// when WithErrorHook is not given. The library logs nothing else,
+	// and at no other level: a quiet library whose failures are still
+	// seen. Default nil: slog.Default() at the time of logging. To
+	// silence the library, set slog.New(slog.DiscardHandler).
+	Logger *slog.Logger
 }
 
 // Use is one use of an action by a subject.
@@ -109,7 +148,8 @@ type Use struct {
 	// Features lists features that the subject's plan must grant. A plan
 	// that lacks one denies the use with ReasonFeature, naming it in
 	// Decision.Feature, before any limit is looked at: a feature gate
-	// that costs no extra store call.
+	// that costs no extra store call. It gates Consume, Reserve and Check
+	// of a positive amount; Track and releases (negative amounts) pass.
 	Features []string
 	// UpToCap lowers Amount to the smallest per-use cap of the action's
 	// limits, when one is lower: Reserve(Use{Amount: n, UpToCap: true})
@@ -133,7 +173,13 @@ type Quota struct {
 	// markCache holds the CounterOp.Marks of each limit (see marks).
 	markCache sync.Map
 
+	// obs is Config.Observer, nil when it observes nothing; log is
+	// Config.Logger (see logger).
+	obs *Observer
+	log *slog.Logger
+
 	notifier  *notifier // nil without Config.Notify
+	janitor   *janitor
 	closeOnce sync.Once
 	closed    atomic.Bool
 }
@@ -182,9 +228,16 @@ func New(store Store, cfg Config) (*Quota, error) {
 	if t := q.levels; !(t.Warning > 0 && t.Warning <= t.Critical && t.Critical <= t.Exceeded) {
 		return nil, errorf("new: thresholds %v: want 0 < warning <= critical <= exceeded", t)
 	}
+	q.log = cfg.Logger
+	q.setObserver(cfg.Observer)
 	if cfg.Notify != nil {
-		q.notifier = newNotifier(cfg.Notify, cfg.OnError, cfg.NotifyTimeout)
+		box, ok := store.(Outbox)
+		if !ok {
+			return nil, errorf("new: Config.Notify needs a store that is an Outbox")
+		}
+		q.notifier = newNotifier(q, newGuardedOutbox(box, q.store), &cfg)
 	}
+	q.janitor = newJanitor(q, cfg.SweepInterval)
 	return q, nil
 }
 
@@ -195,6 +248,7 @@ func New(store Store, cfg Config) (*Quota, error) {
 func (q *Quota) Close() error {
 	q.closed.Store(true)
 	q.closeOnce.Do(func() {
+		q.janitor.close()
 		if q.notifier != nil {
 			q.notifier.close()
 		}
@@ -465,12 +519,17 @@ func (p *prepared) perUseExceeded() int {
 
 // Check reports whether u would be allowed now, without writing anything.
 // The idempotency key, if any, is not looked up.
-func (q *Quota) Check(ctx context.Context, u Use) (Decision, error) {
+func (q *Quota) Check(ctx context.Context, u Use) (dec Decision, err error) {
 	var p prepared
+	if q.obs != nil {
+		var end func(error)
+		ctx, end = q.startCall(ctx, useCall(modeCheck, &u))
+		defer func() { q.decided(ctx, modeCheck, &u, &p, &dec, err); end(err) }()
+	}
 	if err := q.prepare(ctx, u, modeCheck, &p, nil); err != nil {
 		return Decision{}, errorf("check: %w", err)
 	}
-	if p.missing != "" {
+	if p.missing != "" && p.u.Amount > 0 {
 		return denyFeature(&p), nil
 	}
 	cs, err := q.readCounters(ctx, &p)
@@ -529,12 +588,17 @@ func (q *Quota) apply(ctx context.Context, u Use, m mode) (Decision, error) {
 
 // applyHold applies u and fills d with the decision. It returns the hold
 // created, if any.
-func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (*Hold, error) {
+func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (_ *Hold, err error) {
 	// The Op and its counters come from a pool: Store.Apply does not
 	// keep them, and the decision copies what it needs.
 	b := opPool.Get().(*opBuf)
 	defer b.release()
 	var p prepared
+	if q.obs != nil {
+		var end func(error)
+		ctx, end = q.startCall(ctx, useCall(m, &u))
+		defer func() { q.decided(ctx, m, &u, &p, d, err); end(err) }()
+	}
 	if err := q.prepare(ctx, u, m, &p, b.counters[:0]); err != nil {
 		return nil, errorf("%s: %w", modeNames[m], err)
 	}
@@ -545,17 +609,17 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (*Hol
 	// counters for the denial's figures.
 	refusal := ReasonNone
 	capIndex := -1
-	if m != modeTrack {
+	if m != modeTrack && p.u.Amount > 0 {
 		switch {
 		case p.missing != "":
 			refusal = ReasonFeature
-		case p.u.Amount > 0:
+		default:
 			if capIndex = p.perUseExceeded(); capIndex >= 0 {
 				refusal = ReasonPerUse
 			}
 		}
 	}
-	if refusal == ReasonFeature && (u.Key == "" || p.u.Amount < 0) {
+	if refusal == ReasonFeature && u.Key == "" {
 		*d = denyFeature(&p)
 		return nil, nil
 	}
@@ -586,6 +650,11 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (*Hol
 		op.Hold = &Hold{ID: newID(), ExpiresAt: p.now.Add(q.ttl)}
 	}
 	res, err := q.store.Apply(ctx, op)
+	if err != nil && op.Hold != nil && mayHaveApplied(err) {
+		// The store may have applied the hold before the failure
+		// reached us: release it rather than let it count until its TTL.
+		q.janitor.orphan(op.Hold.ID)
+	}
 	if err != nil {
 		if errors.Is(err, ErrIdempotencyConflict) {
 			return nil, &ConflictError{Subject: u.Subject, Key: u.Key}
@@ -629,7 +698,7 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (*Hol
 	}
 	q.decide(d, &p, res.Counters, false)
 	d.RecordID = res.RecordID
-	q.notify(&p, &res)
+	q.notify(&res)
 	return op.Hold, nil
 }
 

@@ -76,7 +76,12 @@ func (r *Reservation) Cancel(ctx context.Context) error {
 // (1 to the reserved amount) and returns its record. A reservation that
 // expired returns ErrReservationExpired; an unknown, committed or
 // cancelled one ErrReservationNotFound.
-func (q *Quota) CommitReservation(ctx context.Context, id string, amount int64) (Record, error) {
+func (q *Quota) CommitReservation(ctx context.Context, id string, amount int64) (_ Record, err error) {
+	if q.obs != nil {
+		var end func(error)
+		ctx, end = q.startCall(ctx, CallEvent{Method: MethodCommit, Amount: amount, Reservation: id})
+		defer func() { end(err) }()
+	}
 	if err := q.begin(ctx); err != nil {
 		return Record{}, errorf("commit: %w", err)
 	}
@@ -87,6 +92,9 @@ func (q *Quota) CommitReservation(ctx context.Context, id string, amount int64) 
 		return Record{}, errorf("commit %s: %w: %d", id, ErrInvalidAmount, amount)
 	}
 	rec, err := q.store.Commit(ctx, id, amount, q.now())
+	if err == nil && q.notifier != nil {
+		q.notifier.poke() // the commit may have crossed a threshold
+	}
 	if err != nil {
 		return Record{}, errorf("commit %s: %w", id, err)
 	}
@@ -94,7 +102,12 @@ func (q *Quota) CommitReservation(ctx context.Context, id string, amount int64) 
 }
 
 // CancelReservation releases the amount held by reservation id.
-func (q *Quota) CancelReservation(ctx context.Context, id string) error {
+func (q *Quota) CancelReservation(ctx context.Context, id string) (err error) {
+	if q.obs != nil {
+		var end func(error)
+		ctx, end = q.startCall(ctx, CallEvent{Method: MethodCancel, Reservation: id})
+		defer func() { end(err) }()
+	}
 	if err := q.begin(ctx); err != nil {
 		return errorf("cancel: %w", err)
 	}

@@ -37,9 +37,11 @@ type Store interface {
 	// Commit turns the hold id into a record of amount (1 to the held
 	// amount; the rest is released): the held amount stops counting, the
 	// record is appended and amount is added to Used of every counter the
-	// hold was charged to, atomically. It returns the record. A hold that
-	// does not exist gives ErrReservationNotFound; one that expired at or
-	// before now is removed and gives ErrReservationExpired.
+	// hold was charged to, and the marks that Used then reaches are set
+	// as Apply sets them (Op, step 4, with each counter's marks as last
+	// written), atomically. It returns the record. A hold that does not
+	// exist gives ErrReservationNotFound; one that expired at or before
+	// now is removed and gives ErrReservationExpired.
 	Commit(ctx context.Context, id string, amount int64, now time.Time) (Record, error)
 
 	// Cancel removes the hold id, so that its amount stops counting. A
@@ -117,10 +119,12 @@ type CounterOp struct {
 	CounterKey
 	End time.Time // see Counter.End
 	Max int64     // the bound; Unlimited for none
-	// Marks are amounts of Used + Held, ascending, at most MaxMarks of
-	// them; 0 stands for a mark not wanted. Apply reports the first use
-	// that reaches each one in the counter's window (Op, step 4). The
-	// Quota uses them for threshold notifications.
+	// Marks are amounts of Used, ascending, at most MaxMarks of them; 0
+	// stands for a mark not wanted. The store keeps them with the
+	// counter, as it keeps Max, and sets each mark once, for the first
+	// use or commit that brings Used to it (Op, step 4). The Quota uses
+	// them for threshold notifications. The slice may be shared: a store
+	// must not change it.
 	Marks []int64
 }
 
@@ -131,6 +135,42 @@ const MaxMarks = 15
 type Crossing struct {
 	Counter int // index in Op.Counters
 	Mark    int // index in that CounterOp's Marks
+}
+
+// Notice is a crossing kept in an Outbox until it is delivered: the
+// highest mark that a use (or a commit) set on a counter.
+type Notice struct {
+	// ID identifies the notice, stable across deliveries and processes.
+	ID int64
+	// Counter is the counter as the use left it: Used and Max then.
+	// Held is zero.
+	Counter Counter
+	// Mark is the index of the mark in the counter's Marks.
+	Mark int
+	// At is the Time of the record whose use set the mark.
+	At time.Time
+	// Attempts counts the deliveries tried before this claim.
+	Attempts int
+}
+
+// Outbox is a Store that keeps the notices of its uses (Op, step 4) until
+// the Quota delivers them, so that a notification survives a crash, and
+// one whose use rolls back never exists. Notices are claimed for a lease,
+// so that several processes sharing the store deliver each notice once in
+// the normal case, and again only when the one that claimed it failed.
+// The Quota's Config.Notify needs a Store that is an Outbox.
+type Outbox interface {
+	// Claim returns up to limit notices that are due at now (new, or
+	// retried and due) and not claimed by a lease that runs past now,
+	// oldest first, and claims them until now + lease. Atomic: a notice
+	// is returned to one caller at a time.
+	Claim(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]Notice, error)
+	// Ack removes the notice id, delivered. An unknown id is not an
+	// error.
+	Ack(ctx context.Context, id int64) error
+	// Retry releases the notice id and makes it due again at at, with
+	// one more attempt counted.
+	Retry(ctx context.Context, id int64, at time.Time) error
 }
 
 // Op is one use, as the Quota hands it to Store.Apply. Apply performs,
@@ -156,11 +196,15 @@ type Crossing struct {
 //     (if any) is remembered with the outcome. With Hold set: a hold of a
 //     on every counter is created instead, to count until Hold.ExpiresAt
 //     or until Commit or Cancel; no record is written until Commit.
-//  4. In the same atomic step as 3, for every counter and every index m
-//     with Marks[m] > 0 and Marks[m] <= Used + Held after the use, the
-//     mark m is set on the counter if it was not set before, and
-//     reported in ApplyResult.Crossed. A mark is set at most once per
-//     counter, whatever the number of processes sharing the store.
+//  4. In the same atomic step as 3, Marks is kept with the counter and,
+//     with Hold nil, for every index m with Marks[m] > 0 and
+//     Marks[m] <= Used after the use, the mark m is set on the counter if
+//     it was not set before, and reported in ApplyResult.Crossed. A mark
+//     is set at most once per counter, whatever the number of processes
+//     sharing the store. A hold sets no mark: its Commit does, once the
+//     amount is used. When a use sets marks on a counter and the store is
+//     an Outbox, one Notice for the highest of them is added to the
+//     outbox, in the same atomic step.
 //
 // Counters are sorted by CounterKey.Less and distinct.
 type Op struct {

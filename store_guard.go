@@ -19,6 +19,9 @@ type guardedStore struct {
 	// timeout bounds each call; 0 for none (a store that never waits on
 	// I/O, such as MemoryStore).
 	timeout time.Duration
+	// observe, if not nil, is told of every call (Observer.StoreCall);
+	// see startStore and done.
+	observe func(context.Context, StoreEvent)
 }
 
 // localStore is implemented by stores that never wait on I/O, whose calls
@@ -69,48 +72,55 @@ func (g guardedStore) fail(ctx context.Context, err error) error {
 func (g guardedStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 	sctx, cancel := g.bound(ctx)
 	defer cancel()
+	start := g.startStore()
 	res, err := g.Store.Apply(sctx, op)
-	return res, g.fail(ctx, err)
+	return res, g.done(ctx, "Apply", start, err)
 }
 
 func (g guardedStore) Commit(ctx context.Context, id string, amount int64, now time.Time) (Record, error) {
 	sctx, cancel := g.bound(ctx)
 	defer cancel()
+	start := g.startStore()
 	rec, err := g.Store.Commit(sctx, id, amount, now)
-	return rec, g.fail(ctx, err)
+	return rec, g.done(ctx, "Commit", start, err)
 }
 
 func (g guardedStore) Cancel(ctx context.Context, id string, now time.Time) error {
 	sctx, cancel := g.bound(ctx)
 	defer cancel()
-	return g.fail(ctx, g.Store.Cancel(sctx, id, now))
+	start := g.startStore()
+	return g.done(ctx, "Cancel", start, g.Store.Cancel(sctx, id, now))
 }
 
 func (g guardedStore) Counters(ctx context.Context, keys []CounterKey, now time.Time) ([]Counter, error) {
 	sctx, cancel := g.bound(ctx)
 	defer cancel()
+	start := g.startStore()
 	cs, err := g.Store.Counters(sctx, keys, now)
-	return cs, g.fail(ctx, err)
+	return cs, g.done(ctx, "Counters", start, err)
 }
 
 func (g guardedStore) PutSubscription(ctx context.Context, s Subscription) error {
 	sctx, cancel := g.bound(ctx)
 	defer cancel()
-	return g.fail(ctx, g.Store.PutSubscription(sctx, s))
+	start := g.startStore()
+	return g.done(ctx, "PutSubscription", start, g.Store.PutSubscription(sctx, s))
 }
 
 func (g guardedStore) GetSubscription(ctx context.Context, subject string) (Subscription, error) {
 	sctx, cancel := g.bound(ctx)
 	defer cancel()
+	start := g.startStore()
 	s, err := g.Store.GetSubscription(sctx, subject)
-	return s, g.fail(ctx, err)
+	return s, g.done(ctx, "GetSubscription", start, err)
 }
 
 func (g guardedStore) Records(ctx context.Context, q RecordQuery) ([]Record, error) {
 	sctx, cancel := g.bound(ctx)
 	defer cancel()
+	start := g.startStore()
 	recs, err := g.Store.Records(sctx, q)
-	return recs, g.fail(ctx, err)
+	return recs, g.done(ctx, "Records", start, err)
 }
 
 // sums calls the store's Sums; ok is false when it is not a Summer.
@@ -121,8 +131,9 @@ func (g guardedStore) sums(ctx context.Context, q SumQuery) (sums []Sum, ok bool
 	}
 	sctx, cancel := g.bound(ctx)
 	defer cancel()
+	start := g.startStore()
 	sums, err = s.Sums(sctx, q)
-	return sums, true, g.fail(ctx, err)
+	return sums, true, g.done(ctx, "Sums", start, err)
 }
 
 // top calls the store's Top; ok is false when it is not a Ranker.
@@ -133,8 +144,9 @@ func (g guardedStore) top(ctx context.Context, q TopQuery) (top []SubjectTotal, 
 	}
 	sctx, cancel := g.bound(ctx)
 	defer cancel()
+	start := g.startStore()
 	top, err = r.Top(sctx, q)
-	return top, true, g.fail(ctx, err)
+	return top, true, g.done(ctx, "Top", start, err)
 }
 
 // prune calls the store's Prune; ok is false when it is not a Pruner.
@@ -145,6 +157,40 @@ func (g guardedStore) prune(ctx context.Context, before time.Time, limit int) (n
 	}
 	sctx, cancel := g.bound(ctx)
 	defer cancel()
+	start := g.startStore()
 	n, err = p.Prune(sctx, before, limit)
-	return n, true, g.fail(ctx, err)
+	return n, true, g.done(ctx, "Prune", start, err)
+}
+
+// guardedOutbox is the notifier's view of the store's Outbox, bounded and
+// classified as guardedStore is.
+type guardedOutbox struct {
+	box Outbox
+	g   guardedStore
+}
+
+func newGuardedOutbox(box Outbox, g guardedStore) guardedOutbox {
+	return guardedOutbox{box: box, g: guardedStore{timeout: g.timeout, observe: g.observe}}
+}
+
+func (o guardedOutbox) Claim(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]Notice, error) {
+	sctx, cancel := o.g.bound(ctx)
+	defer cancel()
+	start := o.g.startStore()
+	ns, err := o.box.Claim(sctx, now, lease, limit)
+	return ns, o.g.done(ctx, "Claim", start, err)
+}
+
+func (o guardedOutbox) Ack(ctx context.Context, id int64) error {
+	sctx, cancel := o.g.bound(ctx)
+	defer cancel()
+	start := o.g.startStore()
+	return o.g.done(ctx, "Ack", start, o.box.Ack(sctx, id))
+}
+
+func (o guardedOutbox) Retry(ctx context.Context, id int64, at time.Time) error {
+	sctx, cancel := o.g.bound(ctx)
+	defer cancel()
+	start := o.g.startStore()
+	return o.g.done(ctx, "Retry", start, o.box.Retry(sctx, id, at))
 }

@@ -3,16 +3,19 @@ package quota
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
 )
 
 var (
-	_ Store  = (*MemoryStore)(nil)
-	_ Summer = (*MemoryStore)(nil)
-	_ Ranker = (*MemoryStore)(nil)
-	_ Pruner = (*MemoryStore)(nil)
+	_ Store   = (*MemoryStore)(nil)
+	_ Summer  = (*MemoryStore)(nil)
+	_ Ranker  = (*MemoryStore)(nil)
+	_ Pruner  = (*MemoryStore)(nil)
+	_ Outbox  = (*MemoryStore)(nil)
+	_ Sweeper = (*MemoryStore)(nil)
 )
 
 // MemoryStore is a Store that keeps everything in memory, for tests and
@@ -28,12 +31,22 @@ type MemoryStore struct {
 	holds    map[string]*memHold
 	subs     map[string]Subscription
 	nextID   int64
+	outbox   []*memNotice // oldest first
+	noticeID int64
+}
+
+type memNotice struct {
+	Notice
+	due          time.Time // when it may be claimed again, after a Retry
+	claimedUntil time.Time
 }
 
 type memCounter struct {
 	subject, action uint32 // interned in the ledger
 	marked          uint16 // bit m set: mark m was reached
-	end             time.Time
+	period          Period
+	start, end      time.Time
+	marks           []int64 // the CounterOp.Marks of the last write
 	used            int64
 	limit           int64
 	holds           map[string]*memHold
@@ -123,7 +136,13 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 	}
 	res := ApplyResult{Applied: true, Counters: out}
 	s.charge(op, cs, &res)
-	res.Crossed = mark(op, cs, out)
+	if op.Hold == nil {
+		for i, c := range cs {
+			for _, m := range s.mark(c, op.Record.Time) {
+				res.Crossed = append(res.Crossed, Crossing{Counter: i, Mark: m})
+			}
+		}
+	}
 	if r := &op.Record; r.Key != "" {
 		s.keys[memKey{r.Subject, r.Key}] = &memOutcome{
 			fingerprint: op.Fingerprint,
@@ -182,11 +201,11 @@ func (s *MemoryStore) charge(op *Op, cs []*memCounter, res *ApplyResult) {
 	for i, co := range op.Counters {
 		c := cs[i]
 		if c == nil {
-			c = &memCounter{end: co.End, subject: s.records.intern(co.Subject), action: s.records.intern(co.Action)}
+			c = &memCounter{period: co.Period, start: co.Start, end: co.End, subject: s.records.intern(co.Subject), action: s.records.intern(co.Action)}
 			s.counters[co.CounterKey] = c
 			cs[i] = c
 		}
-		c.limit = co.Max
+		c.limit, c.marks = co.Max, co.Marks
 		out[i].Max = co.Max
 		if h != nil {
 			if c.holds == nil {
@@ -208,20 +227,29 @@ func (s *MemoryStore) charge(op *Op, cs []*memCounter, res *ApplyResult) {
 	}
 }
 
-// mark sets the marks of op's counters that out, the counters after the
-// use, reach first, and returns them.
-func mark(op *Op, cs []*memCounter, out []Counter) []Crossing {
-	var crossed []Crossing
-	for i, co := range op.Counters {
-		cur := out[i].Used + out[i].Held
-		for m, v := range co.Marks {
-			if bit := uint16(1) << m; m < MaxMarks && v > 0 && v <= cur && cs[i].marked&bit == 0 {
-				cs[i].marked |= bit
-				crossed = append(crossed, Crossing{Counter: i, Mark: m})
-			}
+// mark sets the marks of c that its Used reaches first, adds a notice
+// for the highest of them, and returns them, ascending.
+func (s *MemoryStore) mark(c *memCounter, at time.Time) []int {
+	var set []int
+	for m, v := range c.marks[:min(len(c.marks), MaxMarks)] {
+		if bit := uint16(1) << m; v > 0 && v <= c.used && c.marked&bit == 0 {
+			c.marked |= bit
+			set = append(set, m)
 		}
 	}
-	return crossed
+	if len(set) > 0 {
+		s.noticeID++
+		s.outbox = append(s.outbox, &memNotice{Notice: Notice{
+			ID: s.noticeID,
+			Counter: Counter{
+				CounterKey: CounterKey{Subject: s.records.names[c.subject], Action: s.records.names[c.action], Period: c.period, Start: c.start},
+				End:        c.end, Used: c.used, Max: c.limit,
+			},
+			Mark: set[len(set)-1],
+			At:   at,
+		}})
+	}
+	return set
 }
 
 // Commit implements Store.
@@ -246,6 +274,7 @@ func (s *MemoryStore) Commit(ctx context.Context, id string, amount int64, now t
 	delete(s.holds, id)
 	for _, c := range h.counters {
 		c.used += amount
+		s.mark(c, h.record.Time)
 	}
 	r := h.record
 	s.nextID++
@@ -613,4 +642,69 @@ func floorDiv64(a, b int64) int64 {
 		q--
 	}
 	return q
+}
+
+// Claim implements Outbox.
+func (s *MemoryStore) Claim(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]Notice, error) {
+	if err := s.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	var out []Notice
+	for _, n := range s.outbox {
+		if len(out) >= limit {
+			break
+		}
+		if n.due.After(now) || n.claimedUntil.After(now) {
+			continue
+		}
+		n.claimedUntil = now.Add(lease)
+		out = append(out, n.Notice)
+	}
+	return out, nil
+}
+
+// Ack implements Outbox.
+func (s *MemoryStore) Ack(ctx context.Context, id int64) error {
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	s.outbox = slices.DeleteFunc(s.outbox, func(n *memNotice) bool { return n.ID == id })
+	return nil
+}
+
+// Retry implements Outbox.
+func (s *MemoryStore) Retry(ctx context.Context, id int64, at time.Time) error {
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	for _, n := range s.outbox {
+		if n.ID == id {
+			n.due, n.claimedUntil = at, time.Time{}
+			n.Attempts++
+		}
+	}
+	return nil
+}
+
+// Sweep implements Sweeper.
+func (s *MemoryStore) Sweep(ctx context.Context, now time.Time, limit int) (int64, error) {
+	if err := s.lock(ctx); err != nil {
+		return 0, err
+	}
+	defer s.mu.Unlock()
+	var n int64
+	for id, h := range s.holds {
+		if n >= int64(limit) {
+			break
+		}
+		if !h.expires.After(now) {
+			s.dropHold(h)
+			delete(s.holds, id)
+			n++
+		}
+	}
+	return n, nil
 }

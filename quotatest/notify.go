@@ -2,11 +2,14 @@ package quotatest
 
 import (
 	"context"
+	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/quotakit/quota"
 )
 
@@ -39,6 +42,14 @@ func testNotifications(t *testing.T, s *suite) {
 	e := s.env(t)
 	action := e.name("n")
 	var got collector
+	if _, ok := e.store.(quota.Outbox); !ok {
+		// Notifications need an outbox: New must say so.
+		_, err := quota.New(e.store, quota.Config{Plans: []quota.Plan{plan("P", map[string][]quota.Limit{action: {quota.PerMonth(10)}})}, Notify: got.notify})
+		if err == nil {
+			t.Fatal("New(Notify) over a store that is not an Outbox = nil error; want an error")
+		}
+		return
+	}
 	q := e.quota(t, quota.Config{
 		Plans:  []quota.Plan{plan("P", map[string][]quota.Limit{action: {quota.PerMonth(1000)}, e.name("u"): {perMonthUnlimited}})},
 		Notify: got.notify,
@@ -73,8 +84,16 @@ func testNotifications(t *testing.T, s *suite) {
 		note(quota.LevelCritical, 900, anchor0, feb, t0),
 		note(quota.LevelExceeded, 1000, anchor0, feb, t0),
 	}
-	if diff := cmp.Diff(want, got.take(), cmpTime); diff != "" {
+	first := got.take()
+	if diff := cmp.Diff(want, first, cmpTime, ignoreNoteID); diff != "" {
 		t.Errorf("notifications of one window (-want +got):\n%s", diff)
+	}
+	ids := map[string]bool{}
+	for _, n := range first {
+		if n.ID == "" || ids[n.ID] {
+			t.Errorf("notification ID %q: want a distinct, non-empty ID", n.ID)
+		}
+		ids[n.ID] = true
 	}
 
 	// The next window notifies again, from a new Quota over the same
@@ -91,7 +110,7 @@ func testNotifications(t *testing.T, s *suite) {
 	drain(t, q2)
 	mar := anchor0.AddDate(0, 2, 0)
 	want = []quota.Notification{note(quota.LevelWarning, 850, feb, mar, at)}
-	if diff := cmp.Diff(want, got2.take(), cmpTime); diff != "" {
+	if diff := cmp.Diff(want, got2.take(), cmpTime, ignoreNoteID); diff != "" {
 		t.Errorf("notifications of the next window (-want +got):\n%s", diff)
 	}
 	if n := got.take(); len(n) != 0 {
@@ -104,5 +123,102 @@ func drain(t *testing.T, q *quota.Quota) {
 	t.Helper()
 	if err := q.Close(); err != nil {
 		t.Fatalf("Quota.Close() = %v", err)
+	}
+}
+
+// ignoreNoteID leaves Notification.ID out of comparisons: each store numbers
+// its notifications its own way.
+var ignoreNoteID = cmpopts.IgnoreFields(quota.Notification{}, "ID")
+
+// testNotificationsTrue checks that notifications tell what was used: a
+// reservation counts when committed, never when cancelled; one use that
+// crosses several thresholds sends one notification, for the highest; a
+// failed delivery is retried with the same ID.
+func testNotificationsTrue(t *testing.T, s *suite) {
+	e := s.env(t)
+	if _, ok := e.store.(quota.Outbox); !ok {
+		t.Log("the store is not an Outbox: no notifications to check")
+		return
+	}
+	action := e.name("t")
+	var got collector
+	fail := atomic.Int32{}
+	fail.Store(1)
+	hook := func(ctx context.Context, n quota.Notification) error {
+		if n.Level == quota.LevelExceeded && fail.Add(-1) >= 0 {
+			return errors.New("the hook is down")
+		}
+		return got.notify(ctx, n)
+	}
+	q := e.quota(t, quota.Config{
+		Plans:      []quota.Plan{plan("P", map[string][]quota.Limit{action: {quota.PerMonth(10)}})},
+		Notify:     hook,
+		NotifyPoll: 5 * time.Millisecond,
+		OnError:    func(error) {},
+	})
+	subj := e.name("s")
+	e.subscribe(t, q, subj, "P")
+	use := func(n int64) quota.Use { return quota.Use{Subject: subj, Action: action, Amount: n} }
+
+	// 7 used, then a hold of 1 that would make 8 (80 %): cancelled, it
+	// notifies nothing.
+	track(t, e.ctx, q, use(7))
+	r, err := q.Reserve(e.ctx, use(1))
+	if err != nil || !r.Decision.Allowed {
+		t.Fatalf("Reserve(1) at 7 of 10 = %+v, %v", r, err)
+	}
+	if err := r.Cancel(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A hold of 1 committed: 8 used, the warning.
+	r, err = q.Reserve(e.ctx, use(1))
+	if err != nil || !r.Decision.Allowed {
+		t.Fatalf("Reserve(1) at 7 of 10 = %+v, %v", r, err)
+	}
+	if _, err := r.Commit(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	// 8 to 10 at once: critical and exceeded reached together, one
+	// notification for exceeded, whose first delivery fails.
+	track(t, e.ctx, q, use(2))
+	waitFor(t, func() bool { return fail.Load() == 0 }) // the failed delivery
+	// The retry is due a second after the failure, by the Quota's clock.
+	e.clock.Add(2 * time.Second)
+	waitFor(t, func() bool { return len(got.peek()) == 2 })
+	drain(t, q)
+
+	notes := got.take()
+	var levels []quota.Level
+	var used []int64
+	for _, n := range notes {
+		levels = append(levels, n.Level)
+		used = append(used, n.Used)
+	}
+	if diff := cmp.Diff([]quota.Level{quota.LevelWarning, quota.LevelExceeded}, levels); diff != "" {
+		t.Errorf("levels notified (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]int64{8, 10}, used); diff != "" {
+		t.Errorf("used in the notifications (-want +got):\n%s", diff)
+	}
+	if len(notes) == 2 && notes[1].Attempt != 1 {
+		t.Errorf("the exceeded notification came at attempt %d; want 1, after one failure", notes[1].Attempt)
+	}
+}
+
+// peek returns the notifications gathered so far.
+func (c *collector) peek() []quota.Notification {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]quota.Notification(nil), c.notes...)
+}
+
+// waitFor waits, for at most 10 s of real time, until cond holds.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out waiting for notifications")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

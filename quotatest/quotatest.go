@@ -82,6 +82,7 @@ var cases = []struct {
 	{"Idempotency", testIdempotency},
 	{"ReplayAfterPlanChange", testReplayAfterPlanChange},
 	{"Reservations", testReservations},
+	{"Sweep", testSweep},
 	{"Allocations", testAllocations},
 	{"Track", testTrack},
 	{"Periods", testPeriods},
@@ -96,6 +97,7 @@ var cases = []struct {
 	{"Overflow", testOverflow},
 	{"Analytics", testAnalytics},
 	{"Notifications", testNotifications},
+	{"NotificationsTrue", testNotificationsTrue},
 	{"History", testHistory},
 	{"Retention", testRetention},
 }
