@@ -56,7 +56,7 @@ type ActionSeries struct {
 //   - 503 with Retry-After (WithUnavailableRetryAfter, default
 //     DefaultUnavailableRetryAfter) to any other error of the engine or
 //     the store (ErrClosed, a cancelled request), reported to the error
-//     hook (WithErrorHook, default slog).
+//     hook (WithErrorHook, default Config.Logger).
 //   - 200 otherwise: Content-Type application/json, a UsageResponse. A
 //     HEAD request gets the same status and headers without the body.
 //
@@ -146,6 +146,7 @@ func UsageHandler(q *Quota, subject func(*http.Request) (string, error), opts ..
 		}
 	}
 	h.cfg.validate("UsageHandler")
+	h.cfg.logger = q.logger
 	h.cfg.setDefaults("quota usage handler")
 	return h
 }

@@ -64,8 +64,11 @@ func ExampleMiddleware() {
 		fmt.Printf("upload %d: %d %s", i, rec.Code, rec.Body)
 		fmt.Printf("  %s: %s\n", quota.HeaderRateLimit, rec.Header().Get(quota.HeaderRateLimit))
 		fmt.Printf("  %s: %s\n", quota.HeaderQuotaLevel, rec.Header().Get(quota.HeaderQuotaLevel))
-		if rec.Code == http.StatusTooManyRequests {
-			fmt.Printf("  %s: %s\n", quota.HeaderRetryAfter, rec.Header().Get(quota.HeaderRetryAfter))
+		if rec.Code == http.StatusTooManyRequests && rec.Header().Get(quota.HeaderRetryAfter) == "" {
+			// The month resets in 23 days: past an hour, the wait is in
+			// reset_at and RateLimit, not in Retry-After, which
+			// retrying clients would sleep through.
+			fmt.Printf("  no %s\n", quota.HeaderRetryAfter)
 		}
 	}
 	// Output:
@@ -81,5 +84,5 @@ func ExampleMiddleware() {
 	// upload 4: 429 {"type":"https://quotakit.dev/problems/quota-exceeded","title":"Quota exceeded","status":429,"detail":"You have used all 3 uploads of the FREE plan this month. Upgrade to PRO for 100.","action":"diagram.upload","plan":"FREE","used":3,"limit":3,"remaining":0,"percent":100,"level":"exceeded","reset_at":"2026-02-01T00:00:00Z"}
 	//   RateLimit: "diagram.upload/month";r=0;t=2039460
 	//   Quota-Level: exceeded
-	//   Retry-After: 2039460
+	//   no Retry-After
 }

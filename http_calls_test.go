@@ -262,7 +262,8 @@ func TestHTTPOptionsShared(t *testing.T) {
 	for _, o := range []quota.MiddlewareOption{
 		quota.WithAmount(1), quota.WithAmountFunc(nil), quota.WithBodyBytes(), quota.WithMaxBodyBytes(1),
 		quota.WithFeatures("x"), quota.WithSuccess(nil), quota.WithMessage(nil), quota.WithProblemType("x"),
-		quota.WithLegacyHeaders(), quota.WithFailOpen(),
+		quota.WithLegacyHeaders(), quota.WithFailOpen(), quota.WithSettleTimeout(time.Second),
+		quota.WithMaxRetryAfter(time.Hour), quota.WithIdempotencyKeyHeader("Idempotency-Key"), quota.WithUse(nil),
 	} {
 		if _, ok := o.(quota.UsageHandlerOption); ok {
 			t.Errorf("%T is a UsageHandlerOption; want Middleware's alone", o)

@@ -28,7 +28,8 @@ const (
 	HeaderRateLimit = "RateLimit"
 
 	// HeaderRetryAfter is the standard Retry-After field, in whole
-	// seconds rounded up.
+	// seconds rounded up: on a 503 (WithUnavailableRetryAfter), and on a
+	// 429 whose limit resets within WithMaxRetryAfter (default 1 hour).
 	HeaderRetryAfter = "Retry-After"
 
 	// HeaderQuotaLevel is the level of the most used limit of the

@@ -40,6 +40,8 @@ type httpConfig struct {
 	onError      func(*http.Request, error)
 	unauthorized http.Handler
 	retry503     time.Duration
+	// logger gives the default error hook's logger: Config.Logger.
+	logger func() *slog.Logger
 }
 
 // validate panics, naming who, on an invalid setting.
@@ -56,9 +58,13 @@ func (c *httpConfig) setDefaults(logMsg string, logArgs ...any) {
 		c.retry503 = DefaultUnavailableRetryAfter
 	}
 	if c.onError == nil {
+		logger := c.logger
+		if logger == nil {
+			logger = slog.Default
+		}
 		c.onError = func(r *http.Request, err error) {
 			args := append(append([]any{}, logArgs...), "method", r.Method, "path", r.URL.Path, "err", err)
-			slog.ErrorContext(r.Context(), logMsg, args...)
+			logger().ErrorContext(r.Context(), logMsg, args...)
 		}
 	}
 }
@@ -75,6 +81,13 @@ type middlewareConfig struct {
 	problemType string
 	legacy      bool
 	failOpen    bool
+	// settleTimeout bounds a commit or cancel.
+	settleTimeout time.Duration
+	// maxRetryAfter is the longest wait that a 429 states in Retry-After.
+	maxRetryAfter time.Duration
+	// keyHeader names the header of the idempotency key; "" for none.
+	keyHeader string
+	useFuncs  []func(*http.Request, *Use) error
 }
 
 type usageHandlerConfig struct {
@@ -183,12 +196,106 @@ func WithFailOpen() MiddlewareOption {
 	return middlewareOption(func(c *middlewareConfig) { c.failOpen = true })
 }
 
+// DefaultSettleTimeout bounds the settlement of a request (the commit or
+// cancel of its reservation, after the handler) unless WithSettleTimeout
+// replaces it.
+const DefaultSettleTimeout = 2 * time.Second
+
+// WithSettleTimeout bounds the settlement of each request: the commit or
+// cancel that follows the handler, which the response waits for. Past d
+// the settlement is abandoned: the response goes on, the error hook is
+// told once (an error matching ErrStoreUnavailable and
+// context.DeadlineExceeded), and the hold is left to expire after
+// Config.ReservationTTL, so that a commit cut short records nothing
+// (unless the store applied it before the cut). d is the middleware's
+// own bound, apart from Config.StoreTimeout, which bounds every store
+// call of the Quota: the shorter one wins. Default DefaultSettleTimeout
+// (2 s); a negative d panics at construction.
+func WithSettleTimeout(d time.Duration) MiddlewareOption {
+	return middlewareOption(func(c *middlewareConfig) { c.settleTimeout = d })
+}
+
+// DefaultMaxRetryAfter is the longest wait that a 429 response states in
+// Retry-After, unless WithMaxRetryAfter replaces it.
+const DefaultMaxRetryAfter = time.Hour
+
+// WithMaxRetryAfter sets the longest wait that a 429 response states in
+// Retry-After: when the refusing limit resets within d, the response
+// says when, in whole seconds; when it resets later, the response has no
+// Retry-After, and the reset stays in the body (reset_at) and in
+// RateLimit (t=). Retry-After tells a client when to try again, and
+// retrying clients obey it: go-retryablehttp's DefaultBackoff sleeps for
+// the Retry-After of a 429 or 503, however long, so a FREE user's 429 in
+// the middle of the month, whose monthly limit resets in days, would
+// hold the client asleep for days instead of failing at once. Default
+// DefaultMaxRetryAfter (1 hour): hourly limits, and daily ones in their
+// last hour, say when to retry; monthly ones, until their last hour, do
+// not. A negative d panics at construction.
+func WithMaxRetryAfter(d time.Duration) MiddlewareOption {
+	return middlewareOption(func(c *middlewareConfig) { c.maxRetryAfter = d })
+}
+
+// WithIdempotencyKeyHeader takes the idempotency key of each request's
+// use (Use.Key) from the header name, usually "Idempotency-Key" (IETF
+// draft-ietf-httpapi-idempotency-key-header), so that a client's retry of
+// a request that was charged is not charged again. Default: none; no
+// client header is ever taken as a key unless the app opts in.
+//
+// The key recorded is the action, a colon and the header's value
+// ("diagram.upload:8e03978e-40d5"), so that nested middlewares (an upload
+// count around its storage bytes) keep one key each; keys are per subject,
+// so a client can replay only its own. A request without the header has
+// no key; one with the header twice, or whose key ValidateName refuses
+// (over MaxNameLen bytes with its prefix), answers 400; one whose key was
+// used with another amount, resource id or metadata answers 422.
+//
+// A request with a key seen before is a replay: the Reserve returns the
+// first request's reservation (Decision.Replayed, which the handler
+// reads with FromContext), and the handler runs. It must honour the
+// replay as the draft asks of a server: answer with the first request's
+// result, or 409 while that one is still running, rather than do the work
+// again, which would go uncharged. The middleware commits a replay on
+// success and never cancels one (see Middleware, step 6). A first
+// request that failed (its hold cancelled) or expired keeps its key: a
+// retry with that key is a replay whose commit finds nothing to commit,
+// so it is not charged either; a client that failed should retry with a
+// new key.
+func WithIdempotencyKeyHeader(name string) MiddlewareOption {
+	if name == "" {
+		panic("quota: WithIdempotencyKeyHeader: empty header name")
+	}
+	return middlewareOption(func(c *middlewareConfig) { c.keyHeader = name })
+}
+
+// WithUse sets f to describe each request's use before it is reserved:
+// f may set its idempotency key (Use.Key), resource id (Use.ResourceID)
+// and metadata (Use.Metadata), which the record of the use keeps. The
+// other fields are the middleware's; what f sets in them is ignored. f
+// runs after WithIdempotencyKeyHeader, whose key it sees and may replace,
+// on the requests that reserve (not on an empty body under WithBodyBytes),
+// and must not read the body. An error from f answers 400, as does a key
+// or resource id that ValidateName refuses or metadata that is not a
+// JSON object of at most MaxMetadataLen bytes; the response never holds
+// the error's text. Several WithUse functions run in order. Keys are per
+// subject, not per action: nested middlewares need distinct keys.
+//
+// What is known only once the handler has run (the id of the diagram it
+// created) cannot go into the record this way: record it with Track, or
+// reserve and commit in the handler.
+func WithUse(f func(r *http.Request, u *Use) error) MiddlewareOption {
+	return middlewareOption(func(c *middlewareConfig) {
+		if f != nil {
+			c.useFuncs = append(c.useFuncs, f)
+		}
+	})
+}
+
 // WithErrorHook sets the function told of every error that Middleware or
 // UsageHandler meets: store failures (answered 503, or failed open by
 // Middleware with WithFailOpen), 403 answers to a plan the catalog no
 // longer defines, and Middleware's failed commits and cancels, which
 // happen after the response and never change it. Default: log them with
-// slog.Default at level Error.
+// the Quota's Config.Logger (default slog.Default) at level Error.
 func WithErrorHook(f func(*http.Request, error)) HTTPOption {
 	return httpOption(func(c *httpConfig) { c.onError = f })
 }

@@ -35,13 +35,6 @@ type responseWriter struct {
 	wrote  bool // a final status was sent
 }
 
-func (rw *responseWriter) statusOr200() int {
-	if !rw.wrote {
-		return http.StatusOK
-	}
-	return rw.status
-}
-
 func (rw *responseWriter) markWritten(status int) {
 	if !rw.wrote {
 		rw.status, rw.wrote = status, true

@@ -289,7 +289,19 @@ func TestMiddleware(t *testing.T) {
 				quota.HeaderQuotaLevel, "ok"),
 		},
 		{
+			// The month resets in 23 days, past DefaultMaxRetryAfter: no
+			// Retry-After, the reset in RateLimit and in the body.
 			name: "denied: 429", action: "diagram.upload", user: "alice", pre: 5,
+			wantCode: 429, wantUsed: 5,
+			wantHeader: problemHeader(
+				quota.HeaderRateLimitPolicy, uploadPolicy,
+				quota.HeaderRateLimit, `"diagram.upload/month";r=0;t=2039460`,
+				quota.HeaderQuotaLevel, "exceeded"),
+			wantProblem: full(429),
+		},
+		{
+			name: "denied: 429, reset within WithMaxRetryAfter: Retry-After", action: "diagram.upload", user: "alice", pre: 5,
+			opts:     []quota.MiddlewareOption{quota.WithMaxRetryAfter(31 * 24 * time.Hour)},
 			wantCode: 429, wantUsed: 5,
 			wantHeader: problemHeader(
 				quota.HeaderRateLimitPolicy, uploadPolicy,
@@ -314,8 +326,7 @@ func TestMiddleware(t *testing.T) {
 				quota.HeaderQuotaLevel, "exceeded",
 				quota.HeaderXRateLimitLimit, "5",
 				quota.HeaderXRateLimitRemaining, "0",
-				quota.HeaderXRateLimitReset, strconv.FormatInt(mwFeb1.Unix(), 10),
-				quota.HeaderRetryAfter, "2039460"),
+				quota.HeaderXRateLimitReset, strconv.FormatInt(mwFeb1.Unix(), 10)),
 			wantProblem: &quota.Problem{
 				Type: "https://example.com/upgrade", Title: "Quota exceeded", Status: 429,
 				Detail:       "Upgrade to PRO for 100 uploads a month.",
@@ -679,8 +690,9 @@ func TestMiddlewareDeniedBody(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("body (-want +got):\n%s", diff)
 	}
-	if got, want := rec.Header().Get(quota.HeaderRetryAfter), "2039460"; got != want {
-		t.Errorf("Retry-After = %q; want %q", got, want)
+	// The month resets in 23 days, past DefaultMaxRetryAfter.
+	if got := rec.Header().Get(quota.HeaderRetryAfter); got != "" {
+		t.Errorf("Retry-After = %q; want none", got)
 	}
 }
 
@@ -1187,7 +1199,14 @@ func TestMiddlewareConfigPanics(t *testing.T) {
 		"amount 0":       func() { quota.Middleware(q, "diagram.upload", mwSubject, quota.WithAmount(0)) },
 		"bad feature":    func() { quota.Middleware(q, "diagram.upload", mwSubject, quota.WithFeatures("")) },
 		"negative max":   func() { quota.Middleware(q, "diagram.upload", mwSubject, quota.WithMaxBodyBytes(-1)) },
-		"nil handler":    func() { quota.Middleware(q, "diagram.upload", mwSubject)(nil) },
+		"negative settle": func() {
+			quota.Middleware(q, "diagram.upload", mwSubject, quota.WithSettleTimeout(-time.Second))
+		},
+		"negative Retry-After bound": func() {
+			quota.Middleware(q, "diagram.upload", mwSubject, quota.WithMaxRetryAfter(-time.Second))
+		},
+		"empty key header": func() { quota.Middleware(q, "diagram.upload", mwSubject, quota.WithIdempotencyKeyHeader("")) },
+		"nil handler":      func() { quota.Middleware(q, "diagram.upload", mwSubject)(nil) },
 	} {
 		t.Run(name, func(t *testing.T) {
 			defer func() {
@@ -1345,6 +1364,12 @@ func TestMiddlewareUnknownLength(t *testing.T) {
 			name: "no cap, limit full: 429 for the full limit", action: "log.bytes", pre: 10000,
 			wantCode:   429,
 			wantDetail: "The FREE plan allows 10000 log.bytes per day; 10000 are used. The limit resets at 2026-01-09T00:00:00Z.",
+		},
+		{
+			name: "no cap, limit full, reset within WithMaxRetryAfter: Retry-After", action: "log.bytes", pre: 10000,
+			opts:       []quota.MiddlewareOption{quota.WithMaxRetryAfter(24 * time.Hour)},
+			wantCode:   429,
+			wantDetail: "The FREE plan allows 10000 log.bytes per day; 10000 are used. The limit resets at 2026-01-09T00:00:00Z.",
 			wantRetry:  "52260",
 		},
 		{name: "no cap, room left: 411", action: "log.bytes", pre: 9999, wantCode: 411},
@@ -1365,7 +1390,6 @@ func TestMiddlewareUnknownLength(t *testing.T) {
 			opts:       []quota.MiddlewareOption{quota.WithMaxBodyBytes(20)},
 			wantCode:   429,
 			wantDetail: "The FREE plan allows 10000 log.bytes per day; 9990 are used. The limit resets at 2026-01-09T00:00:00Z.",
-			wantRetry:  "52260",
 		},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

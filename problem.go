@@ -160,7 +160,8 @@ func writeFailure(w http.ResponseWriter, r *http.Request, err error, c *httpConf
 }
 
 // deny answers a denied decision: 413 over a per-use cap, 403 for a
-// limit of 0, 429 otherwise, with the quota headers.
+// limit of 0, 429 otherwise, with the quota headers, and Retry-After when
+// the limit resets within WithMaxRetryAfter.
 func (m *middleware) deny(w http.ResponseWriter, d Decision) {
 	now := m.q.Now()
 	m.setHeaders(w.Header(), d, now)
@@ -173,7 +174,9 @@ func (m *middleware) deny(w http.ResponseWriter, d Decision) {
 		p.Type, p.Title, p.Status = ProblemTypeNotInPlan, "Not in plan", http.StatusForbidden
 	} else {
 		p.Type, p.Title, p.Status = m.cfg.problemType, "Quota exceeded", http.StatusTooManyRequests
-		if ra := d.RetryAfter(now); ra > 0 {
+		// A wait past the bound stays in the body and in RateLimit:
+		// retrying clients sleep for whatever Retry-After says.
+		if ra := d.RetryAfter(now); ra > 0 && ra <= m.cfg.maxRetryAfter {
 			w.Header().Set(HeaderRetryAfter, strconv.FormatInt(ceilSeconds(ra), 10))
 		}
 	}

@@ -431,16 +431,7 @@ func validUTF8(v reflect.Value, path string, depth int) (string, bool) {
 			return validUTF8(v.Elem(), path, depth+1)
 		}
 	case reflect.Map:
-		iter := v.MapRange()
-		for iter.Next() {
-			k := iter.Key()
-			if k.Kind() == reflect.String && !utf8.ValidString(k.String()) {
-				return cmpPath(path) + " (a key)", false
-			}
-			if p, ok := validUTF8(iter.Value(), path+"["+fmt.Sprint(k.Interface())+"]", depth+1); !ok {
-				return p, false
-			}
-		}
+		return validMapUTF8(v, path, depth)
 	case reflect.Slice, reflect.Array:
 		if v.Type().Elem().Kind() == reflect.Uint8 {
 			return "", true // []byte encodes as base64
@@ -458,6 +449,21 @@ func validUTF8(v reflect.Value, path string, depth int) (string, bool) {
 					return p, false
 				}
 			}
+		}
+	}
+	return "", true
+}
+
+// validMapUTF8 is validUTF8 for a map: its keys and its values.
+func validMapUTF8(v reflect.Value, path string, depth int) (string, bool) {
+	iter := v.MapRange()
+	for iter.Next() {
+		k := iter.Key()
+		if k.Kind() == reflect.String && !utf8.ValidString(k.String()) {
+			return cmpPath(path) + " (a key)", false
+		}
+		if p, ok := validUTF8(iter.Value(), path+"["+fmt.Sprint(k.Interface())+"]", depth+1); !ok {
+			return p, false
 		}
 	}
 	return "", true
@@ -602,53 +608,12 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (_ *H
 	if err := q.prepare(ctx, u, m, &p, b.counters[:0]); err != nil {
 		return nil, errorf("%s: %w", modeNames[m], err)
 	}
-	// A use that policy refuses before the counters (a feature the plan
-	// lacks, a per-use cap) still goes to the store when it has a key: a
-	// replay returns the first outcome whatever the plan is now. With
-	// every Max at 0, the store refuses it otherwise, and returns the
-	// counters for the denial's figures.
-	refusal := ReasonNone
-	capIndex := -1
-	if m != modeTrack && p.u.Amount > 0 {
-		switch {
-		case p.missing != "":
-			refusal = ReasonFeature
-		default:
-			if capIndex = p.perUseExceeded(); capIndex >= 0 {
-				refusal = ReasonPerUse
-			}
-		}
-	}
+	refusal, capIndex := p.refusal(m)
 	if refusal == ReasonFeature && u.Key == "" {
 		*d = denyFeature(&p)
 		return nil, nil
 	}
-	if refusal != ReasonNone {
-		for i := range p.counters {
-			p.counters[i].Max = 0
-		}
-	}
-	op := &b.op
-	*op = Op{
-		Counters: p.counters,
-		Record: Record{
-			Subject:    u.Subject,
-			Action:     u.Action,
-			Amount:     p.u.Amount,
-			ResourceID: u.ResourceID,
-			Metadata:   p.meta,
-			Key:        u.Key,
-			Time:       p.now.UTC(),
-		},
-		Enforce: m != modeTrack,
-		Now:     p.now,
-	}
-	if u.Key != "" {
-		op.Fingerprint = p.fingerprint(m)
-	}
-	if m == modeReserve {
-		op.Hold = &Hold{ID: newID(), ExpiresAt: p.now.Add(q.ttl)}
-	}
+	op := q.op(&b.op, &p, m, refusal)
 	res, err := q.store.Apply(ctx, op)
 	if err != nil && op.Hold != nil && mayHaveApplied(err) {
 		// The store may have applied the hold before the failure
@@ -672,34 +637,92 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (_ *H
 	if len(res.Counters) != len(p.counters) {
 		return nil, errorf("%s %q %q: store returned %d counters for %d", modeNames[m], u.Subject, u.Action, len(res.Counters), len(p.counters))
 	}
+	if !q.outcome(d, &p, &res, refusal, capIndex) {
+		return nil, nil
+	}
+	q.notify(&res)
+	return op.Hold, nil
+}
+
+// refusal returns why policy refuses p before its counters are read (a
+// feature the plan lacks, a per-use cap: for positive amounts, not for
+// Track), with the index of the refusing cap's limit, or ReasonNone.
+func (p *prepared) refusal(m mode) (Reason, int) {
+	if m == modeTrack || p.u.Amount <= 0 {
+		return ReasonNone, -1
+	}
+	if p.missing != "" {
+		return ReasonFeature, -1
+	}
+	if i := p.perUseExceeded(); i >= 0 {
+		return ReasonPerUse, i
+	}
+	return ReasonNone, -1
+}
+
+// op fills op, from the pool, with the use p in mode m. A use that
+// policy refuses still goes to the store when it has a key, so that a
+// replay returns the first outcome whatever the plan is now: with every
+// Max at 0 the store refuses it otherwise, and returns the counters for
+// the denial's figures.
+func (q *Quota) op(op *Op, p *prepared, m mode, refusal Reason) *Op {
+	if refusal != ReasonNone {
+		for i := range p.counters {
+			p.counters[i].Max = 0
+		}
+	}
+	*op = Op{
+		Counters: p.counters,
+		Record: Record{
+			Subject:    p.u.Subject,
+			Action:     p.u.Action,
+			Amount:     p.u.Amount,
+			ResourceID: p.u.ResourceID,
+			Metadata:   p.meta,
+			Key:        p.u.Key,
+			Time:       p.now.UTC(),
+		},
+		Enforce: m != modeTrack,
+		Now:     p.now,
+	}
+	if p.u.Key != "" {
+		op.Fingerprint = p.fingerprint(m)
+	}
+	if m == modeReserve {
+		op.Hold = &Hold{ID: newID(), ExpiresAt: p.now.Add(q.ttl)}
+	}
+	return op
+}
+
+// outcome fills d from the result of a use that was not replayed, and
+// reports whether the use was applied.
+func (q *Quota) outcome(d *Decision, p *prepared, res *ApplyResult, refusal Reason, capIndex int) bool {
 	switch {
 	case refusal == ReasonFeature:
-		*d = denyFeature(&p)
-		return nil, nil
+		*d = denyFeature(p)
+		return false
 	case refusal == ReasonPerUse:
 		for i := range p.counters {
 			p.counters[i].Max = p.limits[i].Max
 		}
-		q.decide(d, &p, res.Counters, false)
+		q.decide(d, p, res.Counters, false)
 		*d = denyPerUse(*d, capIndex)
-		return nil, nil
-	}
-	if !res.Applied {
-		q.decide(d, &p, res.Counters, true)
+		return false
+	case !res.Applied:
+		q.decide(d, p, res.Counters, true)
 		if d.Allowed {
 			// The store saw a state that refused the use; report it
 			// as such on the most used limit.
 			d.Allowed, d.Reason = false, ReasonLimit
-			if u.Amount < 0 {
+			if p.u.Amount < 0 {
 				d.Reason = ReasonBelowZero
 			}
 		}
-		return nil, nil
+		return false
 	}
-	q.decide(d, &p, res.Counters, false)
+	q.decide(d, p, res.Counters, false)
 	d.RecordID = res.RecordID
-	q.notify(&res)
-	return op.Hold, nil
+	return true
 }
 
 // opBuf holds an Op and room for the counters of up to four limits.

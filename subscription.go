@@ -287,3 +287,34 @@ func (q *Quota) HasFeature(ctx context.Context, subject, feature string) (bool, 
 	}
 	return s.plan.HasFeature(feature), nil
 }
+
+// Limits returns the limits in force now for subject's action, in period
+// order (an allocation first): the subject's override of the action if
+// it has one, else those of its plan (the plan that SchedulePlan
+// scheduled, once it has taken effect; Config.DefaultPlan for a subject
+// with no subscription). A plan that omits an action of the catalog
+// gives [Total(0)], the limit that Check and Consume apply to it. It
+// reads the subscription once and no counter: a chunked upload learns
+// its per-use cap (MaxPerUse) and its allowance before it starts,
+// without a Check. The slice is the caller's. An action that no plan of
+// the catalog limits is an error matching ErrUnknownAction; a subject
+// with no plan in force, ErrNoSubscription or ErrUnknownPlan.
+func (q *Quota) Limits(ctx context.Context, subject, action string) ([]Limit, error) {
+	if err := q.begin(ctx); err != nil {
+		return nil, errorf("limits: %w", err)
+	}
+	if err := checkName(subject, ErrInvalidSubject); err != nil {
+		return nil, errorf("limits: %w", err)
+	}
+	if err := checkName(action, ErrInvalidAction); err != nil {
+		return nil, errorf("limits: %w", err)
+	}
+	if !q.actions[action] {
+		return nil, errorf("limits of %q: %q: %w", subject, action, ErrUnknownAction)
+	}
+	s, err := q.resolve(ctx, subject, q.now())
+	if err != nil {
+		return nil, errorf("limits of %q: %w", subject, err)
+	}
+	return append([]Limit(nil), s.limits(action)...), nil
+}

@@ -72,6 +72,7 @@ type App struct {
 	users      map[string]bool
 	adminToken string
 	log        *slog.Logger
+	metrics    http.Handler // GET /metrics
 }
 
 // Config configures NewApp.
@@ -98,11 +99,16 @@ func NewApp(ctx context.Context, db bun.IDB, store quota.Store, plans []quota.Pl
 	if now == nil {
 		now = time.Now
 	}
-	q, err := quota.New(store, quota.Config{Plans: plans, Now: now})
+	obs, metrics, err := newMetrics()
+	if err != nil {
+		return nil, err
+	}
+	q, err := quota.New(store, quota.Config{Plans: plans, Now: now, Observer: obs, Logger: cfg.Log})
 	if err != nil {
 		return nil, err
 	}
 	a := &App{db: db, q: q, users: map[string]bool{}, adminToken: cfg.AdminToken, log: cfg.Log}
+	a.metrics = metrics
 	if a.log == nil {
 		a.log = slog.Default()
 	}
@@ -175,6 +181,7 @@ func (a *App) Handler() http.Handler {
 	mux.HandleFunc("GET /assets/{file}", serveAsset)
 	mux.Handle("GET /{$}", http.RedirectHandler("/dashboard", http.StatusFound))
 	mux.HandleFunc("PUT /admin/users/{user}/plan", a.setPlan)
+	mux.Handle("GET /metrics", a.metrics) // the quota metrics, for Prometheus
 	return mux
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -215,8 +216,10 @@ func check429(t *testing.T, res response) {
 	if now := time.Now().UTC(); !p.ResetAt.After(now) || p.ResetAt.Day() != 1 || p.ResetAt.Sub(now) > 32*24*time.Hour {
 		t.Errorf("reset_at %v; want the 1st of next month", p.ResetAt)
 	}
-	if res.header.Get(quota.HeaderRetryAfter) == "" {
-		t.Error("429 without Retry-After")
+	// The month resets in more than an hour (but in its last one): no
+	// Retry-After for a retrying client to sleep through.
+	if ra := res.header.Get(quota.HeaderRetryAfter); ra != "" && time.Until(p.ResetAt) > time.Hour {
+		t.Errorf("429 with Retry-After %s, the month resetting at %v", ra, p.ResetAt)
 	}
 }
 
@@ -574,10 +577,11 @@ func TestRun(t *testing.T) {
 	}
 }
 
-// TestPostgres runs the upload story against PostgreSQL, in a schema of
-// its own, when QUOTA_TEST_POSTGRES_DSN (as CI sets it) or
-// QUOTA_POSTGRES_DSN names a server.
-func TestPostgres(t *testing.T) {
+// pgSchemaDSN returns a DSN whose connections work in a new schema,
+// dropped when t ends, of the server that QUOTA_TEST_POSTGRES_DSN (as CI
+// sets it) or QUOTA_POSTGRES_DSN names; it skips t without one.
+func pgSchemaDSN(t *testing.T) string {
+	t.Helper()
 	dsn := cmpOr(os.Getenv("QUOTA_TEST_POSTGRES_DSN"), os.Getenv("QUOTA_POSTGRES_DSN"))
 	if dsn == "" {
 		t.Skip("neither QUOTA_TEST_POSTGRES_DSN nor QUOTA_POSTGRES_DSN is set")
@@ -586,17 +590,23 @@ func TestPostgres(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer admin.Close()
+	t.Cleanup(func() { admin.Close() })
 	schema := fmt.Sprintf("saas_test_%d", time.Now().UnixNano())
 	if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
 		t.Fatal(err)
 	}
-	defer admin.Exec("DROP SCHEMA " + schema + " CASCADE")
+	t.Cleanup(func() { admin.Exec("DROP SCHEMA " + schema + " CASCADE") })
 	sep := "?"
 	if strings.Contains(dsn, "?") {
 		sep = "&"
 	}
-	sqldb, err := sql.Open("pgx", dsn+sep+"search_path="+schema)
+	return dsn + sep + "search_path=" + schema
+}
+
+// TestPostgres runs the upload story against PostgreSQL, in a schema of
+// its own.
+func TestPostgres(t *testing.T) {
+	sqldb, err := sql.Open("pgx", pgSchemaDSN(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -652,4 +662,83 @@ func cmpOr(a, b string) string {
 		return a
 	}
 	return b
+}
+
+// TestPostgresPool: with 200 requests in flight, the app opened by
+// openDB keeps to its pool (4 connections here) and answers every
+// request; unbounded, it opened one connection per request, met
+// PostgreSQL's max_connections and answered 503s.
+func TestPostgresPool(t *testing.T) {
+	const conns, requests = 4, 200
+	db, _, closeDB, err := openDB("", pgSchemaDSN(t), conns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeDB()
+	if got := db.DB.Stats().MaxOpenConnections; got != conns {
+		t.Fatalf("MaxOpenConnections = %d; want %d", got, conns)
+	}
+	a := newTestAppDB(t, db)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	codes := map[int]int{}
+	start := make(chan struct{})
+	for range requests {
+		wg.Go(func() {
+			<-start
+			req, _ := http.NewRequest("GET", a.srv.URL+"/procedures/1", nil)
+			req.Header.Set("Authorization", "Bearer carol")
+			res, err := a.srv.Client().Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			mu.Lock()
+			codes[res.StatusCode]++
+			mu.Unlock()
+		})
+	}
+	close(start)
+	wg.Wait()
+	if codes[http.StatusOK] != requests {
+		t.Errorf("statuses %v; want %d × 200", codes, requests)
+	}
+	st := db.DB.Stats()
+	if st.OpenConnections > conns {
+		t.Errorf("%d connections open; want at most %d", st.OpenConnections, conns)
+	}
+	t.Logf("pool: %d open, %d waits for a connection", st.OpenConnections, st.WaitCount)
+	if got := a.used("carol", "procedure.view"); got != requests {
+		t.Errorf("procedure views counted %d; want %d", got, requests)
+	}
+}
+
+// TestPoolSize: the pool's size comes from -pg-max-conns, else
+// QUOTA_POSTGRES_MAX_CONNS, else the default, and is at least 1.
+func TestPoolSize(t *testing.T) {
+	for _, tt := range []struct {
+		args    []string
+		env     string
+		want    int
+		wantErr bool
+	}{
+		{want: defaultPGMaxConns},
+		{env: "25", want: 25},
+		{args: []string{"-pg-max-conns", "7"}, env: "25", want: 7},
+		{args: []string{"-pg-max-conns", "0"}, wantErr: true},
+		{env: "many", wantErr: true},
+		{env: "-3", wantErr: true},
+	} {
+		fs := flag.NewFlagSet("saas", flag.ContinueOnError)
+		n := fs.Int("pg-max-conns", defaultPGMaxConns, "")
+		if err := fs.Parse(tt.args); err != nil {
+			t.Fatal(err)
+		}
+		got, err := poolSize(fs, *n, tt.env)
+		if (err != nil) != tt.wantErr || got != tt.want && !tt.wantErr {
+			t.Errorf("poolSize(%q, env %q) = %d, %v; want %d, error %t", tt.args, tt.env, got, err, tt.want, tt.wantErr)
+		}
+	}
 }

@@ -5,7 +5,9 @@
 // dashboard page (/dashboard). See README.md.
 //
 // It runs on an SQLite file (a new temporary one unless -db names one)
-// or, with -postgres or QUOTA_POSTGRES_DSN, on PostgreSQL.
+// or, with -postgres or QUOTA_POSTGRES_DSN, on PostgreSQL, through a pool
+// of at most -pg-max-conns (QUOTA_POSTGRES_MAX_CONNS, default 10)
+// connections.
 package main
 
 import (
@@ -21,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -54,10 +57,15 @@ func run(ctx context.Context, args []string, ready func(net.Addr)) error {
 	addr := fs.String("addr", "localhost:8080", "listen address")
 	dbPath := fs.String("db", "", "SQLite file to keep the data in (default: a new temporary file, removed on exit)")
 	pgDSN := fs.String("postgres", os.Getenv("QUOTA_POSTGRES_DSN"), "PostgreSQL DSN, instead of SQLite (default $QUOTA_POSTGRES_DSN)")
+	pgConns := fs.Int("pg-max-conns", defaultPGMaxConns, "most connections open to PostgreSQL, idle ones included; $QUOTA_POSTGRES_MAX_CONNS when the flag is not set")
 	plansFile := fs.String("plans", "", "plan catalog, .yaml or .json (default: the embedded copy of testdata/plans.yaml)")
 	users := fs.String("users", "alice=FREE,bob=PROFESSIONAL,carol=ENTERPRISE", "demo users and the plan each starts on")
 	admin := fs.String("admin-token", "admin", "bearer token of the admin routes (demo only)")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	maxConns, err := poolSize(fs, *pgConns, os.Getenv("QUOTA_POSTGRES_MAX_CONNS"))
+	if err != nil {
 		return err
 	}
 
@@ -69,7 +77,7 @@ func run(ctx context.Context, args []string, ready func(net.Addr)) error {
 	if err != nil {
 		return err
 	}
-	db, where, cleanup, err := openDB(*dbPath, *pgDSN)
+	db, where, cleanup, err := openDB(*dbPath, *pgDSN, maxConns)
 	if err != nil {
 		return err
 	}
@@ -138,16 +146,45 @@ func parseUsers(s string) (map[string]string, error) {
 	return users, nil
 }
 
-// openDB opens PostgreSQL if dsn is set, else the SQLite file path (a new
-// temporary file if path is empty). It returns where the data lives, for
-// the log, and a function that closes the database (and removes the
-// temporary file).
-func openDB(path, dsn string) (*bun.DB, string, func(), error) {
+// defaultPGMaxConns is the size of the PostgreSQL pool unless
+// -pg-max-conns or QUOTA_POSTGRES_MAX_CONNS sets it: enough for
+// thousands of metered requests a second (a store call holds a
+// connection for one round trip), and room for ten instances under
+// PostgreSQL's default max_connections of 100. See the root README's
+// Stores section.
+const defaultPGMaxConns = 10
+
+// poolSize returns the size of the PostgreSQL pool: the -pg-max-conns
+// flag when it was set, else env ($QUOTA_POSTGRES_MAX_CONNS) when it is
+// not empty, else flagValue, the flag's default.
+func poolSize(fs *flag.FlagSet, flagValue int, env string) (int, error) {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "pg-max-conns" })
+	n := flagValue
+	if !set && env != "" {
+		v, err := strconv.Atoi(env)
+		if err != nil {
+			return 0, fmt.Errorf("QUOTA_POSTGRES_MAX_CONNS=%q: not a number", env)
+		}
+		n = v
+	}
+	if n < 1 {
+		return 0, fmt.Errorf("-pg-max-conns %d: want at least 1", n)
+	}
+	return n, nil
+}
+
+// openDB opens PostgreSQL if dsn is set, with a pool of at most maxConns
+// connections, else the SQLite file path (a new temporary file if path is
+// empty). It returns where the data lives, for the log, and a function
+// that closes the database (and removes the temporary file).
+func openDB(path, dsn string, maxConns int) (*bun.DB, string, func(), error) {
 	if dsn != "" {
 		sqldb, err := sql.Open("pgx", dsn)
 		if err != nil {
 			return nil, "", nil, err
 		}
+		boundPool(sqldb, maxConns)
 		db := bun.NewDB(sqldb, pgdialect.New())
 		return db, "postgres", func() { db.Close() }, nil
 	}
@@ -178,4 +215,17 @@ func openSQLite(path string) (*bun.DB, error) {
 		return nil, err
 	}
 	return bun.NewDB(sqldb, sqlitedialect.New()), nil
+}
+
+// boundPool bounds db's pool to n connections, idle ones included, so
+// that a burst of requests waits for a connection (within the Quota's
+// StoreTimeout) instead of opening one per request: database/sql's
+// default is no bound, and 200 requests in flight then meet PostgreSQL's
+// max_connections ("too many clients") and answer 503. Idle connections
+// are kept up to the same bound, so that a burst reuses them, and closed
+// after 5 idle minutes.
+func boundPool(db *sql.DB, n int) {
+	db.SetMaxOpenConns(n)
+	db.SetMaxIdleConns(n)
+	db.SetConnMaxIdleTime(5 * time.Minute)
 }

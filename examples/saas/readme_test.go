@@ -108,7 +108,9 @@ var volatile = []struct {
 	{regexp.MustCompile(`"(created_at|at|reset_at)": ?"[^"]*"`), `"$1": "<time>"`},
 	{regexp.MustCompile(`;t=\d+`), ";t=<seconds>"},
 	{regexp.MustCompile(`;w=\d+`), ";w=<seconds>"},
-	{regexp.MustCompile(`(?m)^Retry-After: \d+$`), "Retry-After: <seconds>"},
+	// A 429 in the last hour of the month says when to retry; the
+	// README's, earlier in the month, does not.
+	{regexp.MustCompile(`(?m)^Retry-After: \d+\r?\n`), ""},
 }
 
 func mask(s string) string {
