@@ -148,6 +148,8 @@ func (n *notifier) deliverDue() {
 // schedules its retry.
 func (n *notifier) deliver(note Notice) {
 	nf := n.notification(note)
+	// The backoff counts from the attempt, by the Quota's clock.
+	attempted := n.q.now()
 	start := time.Now()
 	err := n.call(nf)
 	n.q.observeDelivery(nf, start, err)
@@ -161,7 +163,7 @@ func (n *notifier) deliver(note Notice) {
 		err = n.box.Ack(ctx, note.ID)
 	default:
 		n.onError(errorf("notify %s %s %s: %w", nf.Subject, nf.Action, nf.Level, err))
-		err = n.box.Retry(ctx, note.ID, n.q.now().Add(backoff(note.Attempts)))
+		err = n.box.Retry(ctx, note.ID, attempted.Add(backoff(note.Attempts)))
 	}
 	if err != nil && !errors.Is(err, ErrClosed) {
 		n.onError(errorf("notify: %w", err))

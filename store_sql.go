@@ -30,10 +30,12 @@ import (
 )
 
 var (
-	_ Store  = (*SQLStore)(nil)
-	_ Summer = (*SQLStore)(nil)
-	_ Ranker = (*SQLStore)(nil)
-	_ Pruner = (*SQLStore)(nil)
+	_ Store   = (*SQLStore)(nil)
+	_ Summer  = (*SQLStore)(nil)
+	_ Ranker  = (*SQLStore)(nil)
+	_ Pruner  = (*SQLStore)(nil)
+	_ Outbox  = (*SQLStore)(nil)
+	_ Sweeper = (*SQLStore)(nil)
 )
 
 // sqlMigrations holds the schema migrations, one directory per dialect,
@@ -45,14 +47,18 @@ var sqlMigrations embed.FS
 // SQLStore is a Store in a SQLite or PostgreSQL database reached through
 // bun. Build one with NewSQLStore and create its tables with Migrate. It
 // also implements the optional Summer, Ranker and Pruner, so that
-// Quota.Series, Quota.TopSubjects and Quota.Prune run in SQL.
+// Quota.Series, Quota.TopSubjects and Quota.Prune run in SQL; Outbox, so
+// that Config.Notify works (the notices of a use are written with it);
+// and Sweeper, so that expired holds go whatever the traffic.
 //
 // All tables are named quota_*: quota_records (the ledger),
-// quota_summaries (one row per counter window: the per-period summary),
+// quota_summaries (one row per counter window: the per-period summary,
+// with the marks set in it and the marks of its last write),
 // quota_holds and quota_hold_counters (reservations, with their expiry),
 // quota_idempotency_keys, quota_subscriptions, quota_rollups (pruned
-// records, per quarter hour), and quota_schema_migrations (Migrate's own
-// bookkeeping, apart from any bun migrations of the app).
+// records, per quarter hour), quota_notices (the outbox), and
+// quota_schema_migrations (Migrate's own bookkeeping, apart from any bun
+// migrations of the app).
 //
 // Every method is atomic in the database:
 //
@@ -61,18 +67,26 @@ var sqlMigrations embed.FS
 //     round trip; Cancel and Prune are one statement too. They are correct
 //     under READ COMMITTED, the default: a use locks its counter rows in
 //     the order of CounterKey.Less and re-checks the limit on their latest
-//     version (see migrations/pg/0002_functions.sql, and 0004 for the
-//     marks); under stricter levels a conflicting concurrent use fails
-//     with a serialization error, to retry. A use refused takes no lock.
-//   - SQLite: Apply, Commit, Cancel and Prune each run a few statements in
-//     one transaction, which the recommended DSN makes IMMEDIATE: it holds
+//     version (see migrations/pg/0002_functions.sql, 0004 for marks of
+//     any width, and 0005 for the outbox); under stricter levels a
+//     conflicting concurrent use fails with a serialization error, to
+//     retry. A use refused takes no lock. Claim is one statement too,
+//     which skips the notices another process is claiming (FOR UPDATE
+//     SKIP LOCKED), and so is Sweep.
+//   - SQLite: Apply, Commit, Cancel, Prune, Claim and Sweep each run a few
+//     statements in one transaction, which the recommended DSN makes
+//     IMMEDIATE: it holds
 //     the write lock from its start. The writers of one SQLStore queue in
 //     Go for their turn, and its statements are prepared once per
 //     connection.
 //   - Over a bun.Tx, every method runs inside that transaction (with a
 //     SAVEPOINT where it must undo a refused use), so a use commits or
-//     rolls back with it; the caller then takes the locks of several uses
-//     in the order it makes them.
+//     rolls back with it, its notices included; the caller then takes the
+//     locks of several uses in the order it makes them. Claim returns no
+//     notice there: those of the transaction are not committed yet, and a
+//     notice is delivered after its use commits, by a Quota over a store
+//     of the database (set Notify on that one); Sweep removes nothing
+//     there either.
 //
 // A cancelled context returns an error matching ctx.Err() and leaves
 // nothing half done. Names are validated before any SQL; values are bound
@@ -142,6 +156,13 @@ type sqlDialect interface {
 	cancel(ctx context.Context, id string) (found bool, err error)
 	// prune performs SQLStore.Prune for a valid cutoff and limit.
 	prune(ctx context.Context, before time.Time, limit int) (int64, error)
+	// sweep performs SQLStore.Sweep for a valid now and limit.
+	sweep(ctx context.Context, now time.Time, limit int) (int64, error)
+	// claim claims up to limit notices due at now and not claimed past
+	// it, oldest first, until until, atomically, and returns them in any
+	// order, as scanNotices reads them. It runs in a transaction of the
+	// store's own, never in the caller's (see SQLStore.Claim).
+	claim(ctx context.Context, now, until time.Time, limit int) ([]Notice, error)
 
 	// countersSQL returns the statement that reads the counters of keys
 	// (at least one) at now, as readCounters runs it.
@@ -173,6 +194,11 @@ type sqlText struct {
 	// top ranks the subjects of an action: arguments action, from, to,
 	// action, from, to, limit; rows subject, amount, count.
 	top string
+	// ack deletes the notice of an id.
+	ack string
+	// retry makes the notice of an id (the second argument) due at the
+	// first argument, unclaimed, with one more attempt.
+	retry string
 
 	// migrations is the directory of the dialect in sqlMigrations.
 	migrations string
@@ -1113,6 +1139,120 @@ func (s *SQLStore) Prune(ctx context.Context, before time.Time, limit int) (int6
 		return 0, s.fail(ctx, "prune", err)
 	}
 	return n, nil
+}
+
+// Sweep implements Sweeper: it deletes up to limit holds that expired at
+// or before now, of any subject, with their counters, and returns how
+// many it deleted. On PostgreSQL it skips the holds that a concurrent
+// Commit or Cancel has locked: that call removes them. Over a caller's
+// bun.Tx it deletes nothing and returns 0: the Quota calls Sweep from a
+// goroutine of its own, which must not run statements in the caller's
+// transaction (a store over the database sweeps every subject's holds).
+func (s *SQLStore) Sweep(ctx context.Context, now time.Time, limit int) (int64, error) {
+	if err := s.enter(ctx); err != nil {
+		return 0, s.fail(ctx, "sweep", err)
+	}
+	if err := checkTime("now", now); err != nil {
+		return 0, fmt.Errorf("quota: sql sweep: %w", err)
+	}
+	if limit <= 0 || s.begin == nil {
+		return 0, nil
+	}
+	n, err := s.d.sweep(ctx, now, limit)
+	if err != nil {
+		return 0, s.fail(ctx, "sweep", err)
+	}
+	return n, nil
+}
+
+// The outbox: quota_notices holds a row per notice, written by Apply and
+// Commit with the use that set the mark; Claim leases rows, Ack deletes
+// them, Retry makes them due again.
+
+// Claim implements Outbox: it returns up to limit notices due at now and
+// not claimed past it, oldest (lowest ID) first, and claims them until
+// now + lease, in one atomic step. Processes sharing the database claim
+// different notices (on PostgreSQL, FOR UPDATE SKIP LOCKED lets
+// concurrent claims pass each other). Over a caller's bun.Tx it returns
+// no notice: the notices of that transaction are not committed yet, and
+// a notice must be delivered after its use commits (nor may the Quota's
+// notifier, a goroutine of its own, run statements in the caller's
+// transaction).
+func (s *SQLStore) Claim(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]Notice, error) {
+	if err := s.enter(ctx); err != nil {
+		return nil, s.fail(ctx, "claim", err)
+	}
+	until := now.Add(lease)
+	if err := errors.Join(checkTime("now", now), checkTime("lease end", until)); err != nil {
+		return nil, fmt.Errorf("quota: sql claim: %w", err)
+	}
+	if limit <= 0 || s.begin == nil {
+		return nil, nil
+	}
+	ns, err := s.d.claim(ctx, now, until, limit)
+	if err != nil {
+		return nil, s.fail(ctx, "claim", err)
+	}
+	sort.Slice(ns, func(i, j int) bool { return ns[i].ID < ns[j].ID })
+	return ns, nil
+}
+
+// Ack implements Outbox: it deletes the notice id. An unknown id is not an
+// error.
+func (s *SQLStore) Ack(ctx context.Context, id int64) error {
+	return s.notice(ctx, "ack", id, s.d.text().ack, id)
+}
+
+// Retry implements Outbox: it makes the notice id due at at, unclaimed,
+// with one more attempt counted. An unknown id is not an error.
+func (s *SQLStore) Retry(ctx context.Context, id int64, at time.Time) error {
+	if err := checkTime("retry time", at); err != nil {
+		return fmt.Errorf("quota: sql retry %d: %w", id, err)
+	}
+	return s.notice(ctx, "retry", id, s.d.text().retry, s.d.tv(at), id)
+}
+
+// notice runs query with args, a write of the notice id (Ack, Retry), in
+// the writer's turn.
+func (s *SQLStore) notice(ctx context.Context, op string, id int64, query string, args ...any) error {
+	if err := s.enter(ctx); err != nil {
+		return s.fail(ctx, op, err)
+	}
+	done, err := s.writer(ctx)
+	if err == nil {
+		_, err = s.q.ExecContext(ctx, query, args...)
+		done()
+	}
+	if err != nil {
+		return s.fail(ctx, fmt.Sprintf("%s %d", op, id), err)
+	}
+	return nil
+}
+
+// noticeColumns are the columns of quota_notices that scanNotices reads,
+// in its order.
+const noticeColumns = "id, subject, action, period, period_start, period_end, mark, used, limit_max, recorded_at, attempts"
+
+// scanNotices reads the notices of rows (noticeColumns) and closes rows.
+func scanNotices(rows *sql.Rows) ([]Notice, error) {
+	defer rows.Close()
+	var out []Notice
+	for rows.Next() {
+		var n Notice
+		var period string
+		c := &n.Counter
+		if err := rows.Scan(&n.ID, &c.Subject, &c.Action, &period, sqlTime{&c.Start}, sqlTime{&c.End}, &n.Mark, &c.Used, &c.Max,
+			sqlTime{&n.At}, &n.Attempts); err != nil {
+			return nil, err
+		}
+		p, err := ParsePeriod(period)
+		if err != nil {
+			return nil, fmt.Errorf("notice %d: %w", n.ID, err)
+		}
+		c.Period = p
+		out = append(out, n)
+	}
+	return out, errors.Join(rows.Err(), rows.Close())
 }
 
 // Migrations.

@@ -1,7 +1,8 @@
 // SQLStore on PostgreSQL: its SQL, its encodings, and its writes, each one
 // statement; Apply and Commit call the functions of
-// migrations/pg/0002_functions.sql (quota_apply as
-// 0004_generic_marks.sql redefines it, for marks of any width).
+// migrations/pg/0002_functions.sql, as 0004_generic_marks.sql (marks of
+// any width) and 0005_outbox.sql (marks of used kept with the counter,
+// the outbox, held amounts read after the locks) redefine them.
 
 package quota
 
@@ -62,6 +63,8 @@ ON CONFLICT (subject) DO UPDATE SET plan = excluded.plan, anchor = excluded.anch
 	SELECT subject, amount, count FROM quota_rollups WHERE action = $4 AND bucket_start >= $5 AND bucket_start < $6
 ) x
 GROUP BY subject ORDER BY 2 DESC, subject COLLATE "C" LIMIT $7`,
+	ack:        `DELETE FROM quota_notices WHERE id = $1`,
+	retry:      `UPDATE quota_notices SET due_at = $1, claimed_until = NULL, attempts = attempts + 1 WHERE id = $2`,
 	migrations: "migrations/pg",
 	// One lock per schema, until the end of the transaction.
 	migrateLock: `SELECT pg_advisory_xact_lock(hashtextextended('github.com/quotakit/quota migrate ' || coalesce(current_schema(), ''), 0))`,
@@ -103,6 +106,25 @@ FROM unnest($1::text::text[], $2::text::text[], $3::text::text[], $4::text::time
 JOIN quota_summaries s ON s.subject = k.subject AND s.action = k.action
 	AND s.period = k.period AND s.period_start = k.period_start
 WHERE s.limit_max IS NOT NULL`
+	// pgClaim claims the due notices that no lease holds, oldest first:
+	// the rows are locked as they are chosen, and rows that a concurrent
+	// claim has locked are skipped, so that two claims never wait for each
+	// other nor return the same notice. A row claimed and committed since
+	// the snapshot is re-checked on its latest version, and left out.
+	pgClaim = `UPDATE quota_notices n SET claimed_until = $2
+FROM (SELECT id FROM quota_notices
+	   WHERE due_at <= $1 AND (claimed_until IS NULL OR claimed_until <= $1)
+	   ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) c
+WHERE n.id = c.id
+RETURNING n.id, n.subject, n.action, n.period, n.period_start, n.period_end, n.mark, n.used, n.limit_max, n.recorded_at, n.attempts`
+	// pgSweep deletes expired holds (their counters go with them, ON
+	// DELETE CASCADE), skipping those a Commit or Cancel has locked.
+	pgSweep = `WITH d AS (
+	DELETE FROM quota_holds
+	 WHERE id IN (SELECT id FROM quota_holds WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+	RETURNING 1
+)
+SELECT count(*) FROM d`
 	// pgPrune deletes the records and adds them to their rollups (the
 	// quarter hours of date_bin) in one statement.
 	pgPrune = `WITH d AS (
@@ -283,6 +305,20 @@ func (d *pgDialect) prune(ctx context.Context, before time.Time, limit int) (int
 	var n int64
 	err := d.s.q.QueryRowContext(ctx, pgPrune, d.tv(before), limit).Scan(&n)
 	return n, err
+}
+
+func (d *pgDialect) sweep(ctx context.Context, now time.Time, limit int) (int64, error) {
+	var n int64
+	err := d.s.q.QueryRowContext(ctx, pgSweep, d.tv(now), limit).Scan(&n)
+	return n, err
+}
+
+func (d *pgDialect) claim(ctx context.Context, now, until time.Time, limit int) ([]Notice, error) {
+	rows, err := d.s.q.QueryContext(ctx, pgClaim, d.tv(now), d.tv(until), limit)
+	if err != nil {
+		return nil, err
+	}
+	return scanNotices(rows)
 }
 
 func (d *pgDialect) countersSQL(keys []CounterKey, now time.Time) (string, []any) {

@@ -1,5 +1,7 @@
 // SQLStore on SQLite: its SQL, its encodings, and its writes, each a few
-// statements in one transaction that holds the write lock.
+// statements in one transaction that holds the write lock; the tables of
+// migrations/sqlite (0003_outbox.sql adds the outbox and the marks kept
+// with each counter).
 
 package quota
 
@@ -10,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/bits"
 	"strconv"
 	"strings"
 	"time"
@@ -72,6 +75,8 @@ ON CONFLICT (subject) DO UPDATE SET plan = excluded.plan, anchor = excluded.anch
 	SELECT subject, amount, count FROM quota_rollups WHERE action = ? AND bucket_start >= ? AND bucket_start < ?
 ) x
 GROUP BY subject ORDER BY 2 DESC, subject LIMIT ?`,
+	ack:        `DELETE FROM quota_notices WHERE id = ?`,
+	retry:      `UPDATE quota_notices SET due_at = ?, claimed_until = NULL, attempts = attempts + 1 WHERE id = ?`,
 	migrations: "migrations/sqlite",
 	// No lock: the immediate transaction of the recommended DSN
 	// serializes Migrate.
@@ -102,18 +107,19 @@ WHERE subject = ? AND idempotency_key = ?`
 FROM quota_summaries s
 WHERE s.subject = ?1 AND s.action = ?2 AND s.period = ?3 AND s.period_start = ?4 AND s.limit_max IS NOT NULL`
 	// sqliteCharge1 adds ?10 (0 for a hold) to the used of one counter
-	// and sets its limit_max to ?9, if a use of ?6 fits: with ?7 the
-	// bound (Max if enforced, else MaxInt64), used + held + ?6 <= ?7 for
-	// ?6 > 0, used + ?6 >= 0 otherwise. The counter is created if it is
-	// missing and the use fits a new one. It returns used, held and marks
-	// (which it leaves alone), or no row when it wrote nothing. Every sum stays inside int64 (a REAL
-	// would fail the INTEGER columns of the STRICT table anyway).
-	sqliteCharge1 = `INSERT INTO quota_summaries AS s (subject, action, period, period_start, period_end, used, limit_max)
-SELECT ?1, ?2, ?3, ?4, ?5, ?11, ?9
+	// and sets its limit_max to ?9 and its mark_amounts to ?12, if a use
+	// of ?6 fits: with ?7 the bound (Max if enforced, else MaxInt64),
+	// used + held + ?6 <= ?7 for ?6 > 0, used + ?6 >= 0 otherwise. The
+	// counter is created if it is missing and the use fits a new one. It
+	// returns used, held and marks (which it leaves alone), or no row
+	// when it wrote nothing. Every sum stays inside int64 (a REAL would
+	// fail the INTEGER columns of the STRICT table anyway).
+	sqliteCharge1 = `INSERT INTO quota_summaries AS s (subject, action, period, period_start, period_end, used, limit_max, mark_amounts)
+SELECT ?1, ?2, ?3, ?4, ?5, ?11, ?9, ?12
 WHERE ?6 <= ?7 AND (?6 >= 0 OR EXISTS (SELECT 1 FROM quota_summaries
 	WHERE subject = ?1 AND action = ?2 AND period = ?3 AND period_start = ?4))
 ON CONFLICT (subject, action, period, period_start) DO UPDATE
-SET used = s.used + ?10, limit_max = excluded.limit_max
+SET used = s.used + ?10, limit_max = excluded.limit_max, mark_amounts = excluded.mark_amounts
 WHERE CASE WHEN ?6 > 0 THEN s.used <= ?7 - ` + sqliteHeldOf + ` - ?6 ELSE s.used + ?6 >= 0 END
 RETURNING used, ` + sqliteHeldOf + `, marks`
 	// sqliteHeldOf is the held amount of counter ?1 to ?4 at ?8.
@@ -129,12 +135,32 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	sqliteTakeLinks = `DELETE FROM quota_hold_counters WHERE hold_id = ? RETURNING period, period_start`
 	sqliteTakeHold  = `DELETE FROM quota_holds WHERE id = ?
 RETURNING subject, action, amount, resource_id, metadata, idempotency_key, recorded_at, expires_at`
+	// sqliteChargeUsed adds a committed amount to a counter, and returns
+	// what chargeHold needs to set its marks.
 	sqliteChargeUsed = `UPDATE quota_summaries SET used = used + ?
-WHERE subject = ? AND action = ? AND period = ? AND period_start = ?`
+WHERE subject = ? AND action = ? AND period = ? AND period_start = ?
+RETURNING used, limit_max, marks, mark_amounts, period_end`
 	sqliteDropLinks = `DELETE FROM quota_hold_counters WHERE hold_id = ?`
 	sqliteMark      = `UPDATE quota_summaries SET marks = marks | ?
 WHERE subject = ? AND action = ? AND period = ? AND period_start = ?`
 	sqliteDropHold = `DELETE FROM quota_holds WHERE id = ?`
+	// sqliteInsertNotice adds a notice to the outbox, due at once.
+	sqliteInsertNotice = `INSERT INTO quota_notices (subject, action, period, period_start, period_end, mark, used, limit_max, recorded_at, due_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	// sqliteClaim claims the due notices that no lease holds, oldest
+	// first, until ?2; the rows come back in any order.
+	sqliteClaim = `UPDATE quota_notices SET claimed_until = ?2
+WHERE id IN (SELECT id FROM quota_notices
+	WHERE due_at <= ?1 AND (claimed_until IS NULL OR claimed_until <= ?1)
+	ORDER BY id LIMIT ?3)
+RETURNING ` + noticeColumns
+	// sqliteSweepExpiredLinks and sqliteSweepExpired delete the counters
+	// of the first ?2 holds expired at ?1, then those holds (the same
+	// ones: the transaction holds the write lock).
+	sqliteSweepExpiredLinks = `DELETE FROM quota_hold_counters WHERE hold_id IN
+(SELECT id FROM quota_holds WHERE expires_at <= ?1 ORDER BY expires_at, id LIMIT ?2)`
+	sqliteSweepExpired = `DELETE FROM quota_holds WHERE id IN
+(SELECT id FROM quota_holds WHERE expires_at <= ?1 ORDER BY expires_at, id LIMIT ?2)`
 )
 
 // Statements whose text depends on a number of counters, built once for
@@ -164,7 +190,8 @@ func cachedSQL(cache *[5]string, n int, build func(int) string) string {
 var sqliteWrites = func() []string {
 	qs := []string{sqliteClaimKey, sqliteReadKey, sqliteUpdateKey, sqliteCounter, sqliteCharge1, sqliteInsertRecord,
 		sqliteSweepLinks, sqliteSweepHolds, sqliteInsertHold, sqliteTakeLinks, sqliteTakeHold,
-		sqliteChargeUsed, sqliteDropLinks, sqliteDropHold, sqliteMark}
+		sqliteChargeUsed, sqliteDropLinks, sqliteDropHold, sqliteMark, sqliteInsertNotice, sqliteClaim,
+		sqliteSweepExpiredLinks, sqliteSweepExpired}
 	for n := 1; n < 5; n++ {
 		qs = append(qs, sqliteCharges[n], sqliteLinks[n], sqliteCountersN[n])
 	}
@@ -205,20 +232,21 @@ WHERE s.limit_max IS NOT NULL`)
 }
 
 // sqliteCharge returns the statement that adds the last argument to used
-// and sets limit_max on n counters, creating the missing ones with used
-// from their row of values. (SQLite checks used >= 0 on the row of values
-// before it resolves the conflict, so a release must not appear there.)
+// and sets limit_max and mark_amounts on n counters, creating the missing
+// ones with used from their row of values. (SQLite checks used >= 0 on
+// the row of values before it resolves the conflict, so a release must
+// not appear there.)
 func sqliteCharge(n int) string {
 	var b strings.Builder
-	b.WriteString("INSERT INTO quota_summaries (subject, action, period, period_start, period_end, used, limit_max) VALUES ")
+	b.WriteString("INSERT INTO quota_summaries (subject, action, period, period_start, period_end, used, limit_max, mark_amounts) VALUES ")
 	for i := range n {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		b.WriteString("(?, ?, ?, ?, ?, ?, ?)")
+		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?)")
 	}
 	b.WriteString(` ON CONFLICT (subject, action, period, period_start) DO UPDATE
-SET used = used + ?, limit_max = excluded.limit_max`)
+SET used = used + ?, limit_max = excluded.limit_max, mark_amounts = excluded.mark_amounts`)
 	return b.String()
 }
 
@@ -279,13 +307,56 @@ func (d *sqliteDialect) write(ctx context.Context, f func(q sqlQuerier) (keep bo
 
 // reached returns the bits of the marks that cur has reached.
 func reached(marks []int64, cur int64) int64 {
-	var bits int64
+	var set int64
 	for m, v := range marks[:min(len(marks), MaxMarks)] {
 		if v > 0 && v <= cur {
-			bits |= 1 << m
+			set |= 1 << m
 		}
 	}
-	return bits
+	return set
+}
+
+// sqliteMarks encodes marks (at most MaxMarks of them) as the
+// mark_amounts column holds them: a JSON array, or NULL for none.
+func sqliteMarks(marks []int64) any {
+	marks = marks[:min(len(marks), MaxMarks)]
+	if len(marks) == 0 {
+		return nil
+	}
+	b := make([]byte, 0, 8*len(marks))
+	b = append(b, '[')
+	for i, m := range marks {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, m, 10)
+	}
+	return string(append(b, ']'))
+}
+
+// parseSQLiteMarks decodes a mark_amounts column.
+func parseSQLiteMarks(s sql.NullString) ([]int64, error) {
+	if !s.Valid || s.String == "" {
+		return nil, nil
+	}
+	var marks []int64
+	if err := json.Unmarshal([]byte(s.String), &marks); err != nil {
+		return nil, fmt.Errorf("mark_amounts: %w", err)
+	}
+	return marks, nil
+}
+
+// setMarks sets the marks bits (not 0) on the counter c, which now has
+// c.Used, and adds a notice for the highest of them, timed at (the time
+// of the record) and due at now.
+func (d *sqliteDialect) setMarks(ctx context.Context, q sqlQuerier, c *Counter, marks int64, at, now time.Time) error {
+	period, start := c.Period.String(), d.tv(c.Start)
+	if _, err := q.ExecContext(ctx, sqliteMark, marks, c.Subject, c.Action, period, start); err != nil {
+		return err
+	}
+	top := bits.Len64(uint64(marks)) - 1
+	_, err := q.ExecContext(ctx, sqliteInsertNotice, c.Subject, c.Action, period, start, d.tv(c.End), top, c.Used, c.Max, d.tv(at), d.tv(now))
+	return err
 }
 
 // apply reads the counters, decides and writes, in one transaction (see
@@ -413,7 +484,7 @@ func (u *sqliteUse) chargeOne(ctx context.Context) (charged bool, err error) {
 	charge := u.charge()
 	var used, held, mk int64
 	err = u.q.QueryRowContext(ctx, sqliteCharge1, c.Subject, c.Action, c.Period.String(), u.d.tv(c.Start), u.d.tv(c.End),
-		u.op.Record.Amount, bound, u.now, c.Max, charge, max(charge, 0)).Scan(&used, &held, &mk)
+		u.op.Record.Amount, bound, u.now, c.Max, charge, max(charge, 0), sqliteMarks(c.Marks)).Scan(&used, &held, &mk)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return false, nil
@@ -464,9 +535,9 @@ func (u *sqliteUse) write(ctx context.Context) error {
 		return nil
 	}
 	charge := u.charge()
-	args := make([]any, 0, 7*n+1)
+	args := make([]any, 0, 8*n+1)
 	for _, c := range u.op.Counters {
-		args = append(args, c.Subject, c.Action, c.Period.String(), u.d.tv(c.Start), u.d.tv(c.End), max(charge, 0), c.Max)
+		args = append(args, c.Subject, c.Action, c.Period.String(), u.d.tv(c.Start), u.d.tv(c.End), max(charge, 0), c.Max, sqliteMarks(c.Marks))
 	}
 	args = append(args, charge)
 	_, err := u.q.ExecContext(ctx, cachedSQL(&sqliteCharges, n, sqliteCharge), args...)
@@ -486,20 +557,24 @@ func (u *sqliteUse) settle() {
 	}
 }
 
-// mark sets the marks that the use reached first, and returns them: the
-// transaction holds the write lock, so the marks read before are the
-// latest.
+// mark sets the marks that Used reached first, adds a notice for the
+// highest of them on each counter, and returns them: the transaction
+// holds the write lock, so the marks read before are the latest. A hold
+// sets none: its commit does.
 func (u *sqliteUse) mark(ctx context.Context) ([]Crossing, error) {
+	if u.op.Hold != nil {
+		return nil, nil
+	}
 	var crossed []Crossing
 	for i, c := range u.op.Counters {
-		bits := reached(c.Marks, u.cs[i].Used+u.cs[i].Held) &^ u.marks[i]
-		if bits == 0 {
+		set := reached(c.Marks, u.cs[i].Used) &^ u.marks[i]
+		if set == 0 {
 			continue
 		}
-		if _, err := u.q.ExecContext(ctx, sqliteMark, bits, c.Subject, c.Action, c.Period.String(), u.d.tv(c.Start)); err != nil {
+		if err := u.d.setMarks(ctx, u.q, &u.cs[i], set, u.op.Record.Time, u.op.Now); err != nil {
 			return nil, err
 		}
-		for _, x := range crossings([]int64{bits}) {
+		for _, x := range crossings([]int64{set}) {
 			crossed = append(crossed, Crossing{Counter: i, Mark: x.Mark})
 		}
 	}
@@ -593,10 +668,8 @@ func (d *sqliteDialect) commit(ctx context.Context, id string, amount int64, now
 			outcome = fmt.Errorf("%w: commit of %d on a hold of %d", ErrInvalidAmount, amount, held)
 			return false, nil
 		}
-		for _, l := range links {
-			if _, err := q.ExecContext(ctx, sqliteChargeUsed, amount, rec.Subject, rec.Action, l.period, l.start); err != nil {
-				return false, err
-			}
+		if err := d.chargeHold(ctx, q, &rec, links, amount, now); err != nil {
+			return false, err
 		}
 		rec.Amount, rec.ResourceID, rec.Key = amount, resource.String, key.String
 		if meta.Valid && meta.String != "" {
@@ -615,6 +688,39 @@ func (d *sqliteDialect) commit(ctx context.Context, id string, amount int64, now
 		return Record{}, outcome
 	}
 	return rec, nil
+}
+
+// chargeHold adds the amount committed on a hold of rec's subject and
+// action to its counters, links, and sets the marks that their Used then
+// reaches first, with the marks of their last write (Op, step 4).
+func (d *sqliteDialect) chargeHold(ctx context.Context, q sqlQuerier, rec *Record, links []sqliteLink, amount int64, now time.Time) error {
+	for _, l := range links {
+		c := Counter{CounterKey: CounterKey{Subject: rec.Subject, Action: rec.Action, Start: fromMicros(l.start)}}
+		var limit sql.NullInt64
+		var marked int64
+		var amounts sql.NullString
+		err := q.QueryRowContext(ctx, sqliteChargeUsed, amount, rec.Subject, rec.Action, l.period, l.start).
+			Scan(&c.Used, &limit, &marked, &amounts, sqlTime{&c.End})
+		if err != nil {
+			return err
+		}
+		marks, err := parseSQLiteMarks(amounts)
+		if err != nil {
+			return err
+		}
+		set := reached(marks, c.Used) &^ marked
+		if set == 0 {
+			continue
+		}
+		if c.Period, err = ParsePeriod(l.period); err != nil {
+			return err
+		}
+		c.Max = limit.Int64
+		if err := d.setMarks(ctx, q, &c, set, rec.Time, now); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // takeLinks deletes the counters of the hold id and returns them.
@@ -652,6 +758,39 @@ func (d *sqliteDialect) cancel(ctx context.Context, id string) (found bool, err 
 		return found, err
 	})
 	return found, err
+}
+
+// sweep deletes the counters of the first limit expired holds, then those
+// holds, in one transaction.
+func (d *sqliteDialect) sweep(ctx context.Context, now time.Time, limit int) (int64, error) {
+	var n int64
+	err := d.write(ctx, func(q sqlQuerier) (bool, error) {
+		if _, err := q.ExecContext(ctx, sqliteSweepExpiredLinks, d.tv(now), limit); err != nil {
+			return false, err
+		}
+		res, err := q.ExecContext(ctx, sqliteSweepExpired, d.tv(now), limit)
+		if err != nil {
+			return false, err
+		}
+		n, err = res.RowsAffected()
+		return err == nil && n > 0, err
+	})
+	return n, err
+}
+
+// claim claims the notices in one write transaction: no other claim runs
+// meanwhile, in this process or another.
+func (d *sqliteDialect) claim(ctx context.Context, now, until time.Time, limit int) ([]Notice, error) {
+	var ns []Notice
+	err := d.write(ctx, func(q sqlQuerier) (bool, error) {
+		rows, err := q.QueryContext(ctx, sqliteClaim, d.tv(now), d.tv(until), limit)
+		if err != nil {
+			return false, err
+		}
+		ns, err = scanNotices(rows)
+		return err == nil, err
+	})
+	return ns, err
 }
 
 // prune adds the records to their rollups, then deletes them, in one

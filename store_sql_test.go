@@ -408,7 +408,7 @@ func TestSQLStoreMigrate(t *testing.T) {
 			versions = append(versions, v)
 		}
 		rows.Close()
-		want := map[string][]int{"sqlite": {1, 2}, "pg": {1, 2, 3, 4}}[b.name]
+		want := map[string][]int{"sqlite": {1, 2, 3}, "pg": {1, 2, 3, 4, 5}}[b.name]
 		if diff := cmp.Diff(want, versions); diff != "" {
 			t.Errorf("quota_schema_migrations versions (-want +got):\n%s", diff)
 		}
@@ -830,7 +830,7 @@ func TestSQLStoreCallerTx(t *testing.T) {
 		outside := migrated(t, db)
 		plan := []quota.Plan{{Name: "P", Limits: map[string][]quota.Limit{"x": {quota.PerDay(2), quota.PerMonth(10)}}}}
 		cfg := quota.Config{Plans: plan, DefaultPlan: "P"}
-		tables := []string{"quota_records", "quota_summaries", "quota_idempotency_keys", "quota_holds", "quota_hold_counters", "quota_subscriptions"}
+		tables := []string{"quota_records", "quota_summaries", "quota_idempotency_keys", "quota_holds", "quota_hold_counters", "quota_subscriptions", "quota_notices"}
 		inTx := func(commit bool, f func(q *quota.Quota)) {
 			t.Helper()
 			tx, err := db.BeginTx(ctx, nil)
@@ -1333,15 +1333,20 @@ func (c *statementCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQu
 
 // Notifications across instances: 4 separately opened pools, each with a
 // Quota of its own and its own hook, 64 goroutines pushing one subject
-// from 0 to 120 % of a limit: each level is notified exactly once in all.
+// from 0 to 120 % of a limit, a quarter of them with Reserve and Commit
+// (a reservation notifies when committed): each level is notified exactly
+// once in all, at the use that reached it, each notice delivered once with
+// its own ID, and the outbox is empty after.
 func TestSQLStoreNotificationsAcrossInstances(t *testing.T) {
 	dsn := newPGSchema(t)
 	const instances, goroutines, limit, uses = 4, 64, 1000, 1200
 	var mu sync.Mutex
 	var notes []quota.Notification
 	qs := make([]*quota.Quota, instances)
+	var db *bun.DB
 	for i := range qs {
-		st, err := quota.NewSQLStore(openPG(t, dsn, goroutines/instances))
+		db = openPG(t, dsn, goroutines/instances)
+		st, err := quota.NewSQLStore(db)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1370,9 +1375,19 @@ func TestSQLStoreNotificationsAcrossInstances(t *testing.T) {
 		wg.Go(func() {
 			<-start
 			for range uses / goroutines {
-				if _, err := q.Track(t.Context(), quota.Use{Subject: subject, Action: "api.call", Amount: 1}); err != nil {
+				u := quota.Use{Subject: subject, Action: "api.call", Amount: 1}
+				var err error
+				if (g/instances)%4 == 1 { // on every instance
+					var r *quota.Reservation
+					if r, err = q.Reserve(t.Context(), u); err == nil && r.Decision.Allowed {
+						_, err = r.Commit(t.Context())
+					}
+				} else {
+					_, err = q.Track(t.Context(), u)
+				}
+				if err != nil {
 					failed.Add(1)
-					t.Errorf("Track = %v", err)
+					t.Errorf("Track or Reserve and Commit = %v", err)
 					return
 				}
 			}
@@ -1389,11 +1404,24 @@ func TestSQLStoreNotificationsAcrossInstances(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	got := map[quota.Level][]int64{}
+	ids := map[string]int{}
 	for _, n := range notes {
 		got[n.Level] = append(got[n.Level], n.Used)
+		ids[n.ID]++
+		if n.Attempt != 0 || n.Subject != subject || n.Limit != limit {
+			t.Errorf("notification %+v; want attempt 0, subject %q, limit %d", n, subject, limit)
+		}
 	}
 	want := map[quota.Level][]int64{quota.LevelWarning: {800}, quota.LevelCritical: {900}, quota.LevelExceeded: {1000}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("notifications from %d instances (-want +got):\n%s", instances, diff)
+	}
+	for id, n := range ids {
+		if id == "" || n != 1 {
+			t.Errorf("notification ID %q delivered %d times; want a non-empty ID, once", id, n)
+		}
+	}
+	if n := countRows(t, db, "quota_notices"); n != 0 {
+		t.Errorf("%d notices left in the outbox; want 0", n)
 	}
 }

@@ -40,6 +40,23 @@ CREATE TABLE quota_idempotency_keys (
     PRIMARY KEY (subject, idempotency_key)
 ) STRICT, WITHOUT ROWID;
 
+-- table quota_notices
+CREATE TABLE quota_notices (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject       TEXT    NOT NULL,
+    action        TEXT    NOT NULL,
+    period        TEXT    NOT NULL,
+    period_start  INTEGER NOT NULL,
+    period_end    INTEGER NOT NULL,
+    mark          INTEGER NOT NULL,
+    used          INTEGER NOT NULL,
+    limit_max     INTEGER NOT NULL,
+    recorded_at   INTEGER NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    due_at        INTEGER NOT NULL,
+    claimed_until INTEGER
+) STRICT;
+
 -- table quota_records
 CREATE TABLE quota_records (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -90,12 +107,15 @@ CREATE TABLE quota_summaries (
     period_end   INTEGER NOT NULL,
     used         INTEGER NOT NULL DEFAULT 0 CHECK (used >= 0),
     limit_max    INTEGER,
-    marks        INTEGER NOT NULL DEFAULT 0,
+    marks        INTEGER NOT NULL DEFAULT 0, mark_amounts TEXT,
     PRIMARY KEY (subject, action, period, period_start)
 ) STRICT, WITHOUT ROWID;
 
 -- index quota_hold_counters_counter
 CREATE INDEX quota_hold_counters_counter ON quota_hold_counters (subject, action, period, period_start, expires_at, amount);
+
+-- index quota_holds_expiry
+CREATE INDEX quota_holds_expiry ON quota_holds (expires_at);
 
 -- index quota_holds_subject_action_expiry
 CREATE INDEX quota_holds_subject_action_expiry ON quota_holds (subject, action, expires_at);
