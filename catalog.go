@@ -565,10 +565,29 @@ func (w *yamlWalker) object(n *yaml.Node, typ string, fields map[string]func(*ya
 	if !w.uniqueKeys(n) {
 		return false
 	}
+	set := make(map[string]bool, len(fields))
+	w.entries(n, func(m *yaml.Node) bool { return w.object(m, typ, fields) }, func(k *yaml.Node, key string, v *yaml.Node) {
+		field, ok := fields[key]
+		switch {
+		case !ok:
+			w.problem(k.Line, "unknown field %q", key)
+		case set[key]:
+			w.problem(k.Line, "field %s already set in type %s", key, typ)
+		default:
+			set[key] = true
+			field(v)
+		}
+	})
+	return true
+}
+
+// entries calls each for every key of mapping n that decodes as a
+// string, in order, then decodes n's merge key, if any, with into. Under
+// a merge (w.merged set), a key that an earlier mapping set is skipped.
+func (w *yamlWalker) entries(n *yaml.Node, into func(*yaml.Node) bool, each func(k *yaml.Node, key string, v *yaml.Node)) {
 	merged := w.merged
 	w.merged = nil
 	var merge *yaml.Node
-	set := make(map[string]bool, len(fields))
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		if isMergeKey(k) {
@@ -585,22 +604,12 @@ func (w *yamlWalker) object(n *yaml.Node, typ string, fields map[string]func(*ya
 			}
 			merged[key] = true
 		}
-		field, ok := fields[key]
-		switch {
-		case !ok:
-			w.problem(k.Line, "unknown field %q", key)
-		case set[key]:
-			w.problem(k.Line, "field %s already set in type %s", key, typ)
-		default:
-			set[key] = true
-			field(v)
-		}
+		each(k, key, v)
 	}
 	w.merged = merged
 	if merge != nil {
-		w.merge(n, merge, func(m *yaml.Node) bool { return w.object(m, typ, fields) })
+		w.merge(n, merge, into)
 	}
-	return true
 }
 
 // merge decodes value m of the merge key of mapping parent, a mapping or
@@ -742,28 +751,10 @@ func (w *yamlWalker) limits(n *yaml.Node, limits *map[string][]limitFile) bool {
 	if !w.uniqueKeys(n) {
 		return false
 	}
-	merged := w.merged
-	w.merged = nil
 	if *limits == nil {
 		*limits = make(map[string][]limitFile)
 	}
-	var merge *yaml.Node
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if isMergeKey(k) {
-			merge = v
-			continue
-		}
-		var action string
-		if !yamlLeaf(w, k, &action) {
-			continue
-		}
-		if merged != nil {
-			if merged[action] {
-				continue
-			}
-			merged[action] = true
-		}
+	w.entries(n, func(m *yaml.Node) bool { return w.limits(m, limits) }, func(_ *yaml.Node, action string, v *yaml.Node) {
 		var ls []limitFile
 		if w.list(v, typeName[[]limitFile](), func(e *yaml.Node) {
 			var l limitFile
@@ -773,11 +764,7 @@ func (w *yamlWalker) limits(n *yaml.Node, limits *map[string][]limitFile) bool {
 		}) {
 			(*limits)[action] = ls
 		}
-	}
-	w.merged = merged
-	if merge != nil {
-		w.merge(n, merge, func(m *yaml.Node) bool { return w.limits(m, limits) })
-	}
+	})
 	return true
 }
 
