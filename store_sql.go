@@ -137,6 +137,10 @@ type SQLStore struct {
 	stmts  sync.Map
 	nstmts atomic.Int32
 	closed atomic.Bool
+	// batch queues the writes of a store that runs its own transactions
+	// into batches; nil over the caller's transaction, or without
+	// batching (WithMaxBatch(1)).
+	batch *sqlBatcher
 }
 
 // sqlDialect is one SQL dialect of SQLStore. It owns its SQL text, its
@@ -147,13 +151,12 @@ type SQLStore struct {
 // dialect name: sqliteDialect (store_sql_sqlite.go) or pgDialect
 // (store_sql_pg.go).
 type sqlDialect interface {
-	// apply performs Store.Apply for an op that validateOp accepted.
-	apply(ctx context.Context, op *Op) (ApplyResult, error)
-	// commit performs Store.Commit for a valid id, amount and now.
-	commit(ctx context.Context, id string, amount int64, now time.Time) (Record, error)
-	// cancel deletes the hold id and its counters, and reports whether
-	// there was one.
-	cancel(ctx context.Context, id string) (found bool, err error)
+	// writeBatch performs the valid Apply, Commit and Cancel calls of
+	// calls, atomically and in their order, each with the outcome it
+	// would have alone in that order (see sqlCall), in one transaction
+	// of the store's own, or in the caller's (then calls has one call).
+	// An error fails the whole batch: none of its calls is applied.
+	writeBatch(ctx context.Context, calls []*sqlCall) error
 	// prune performs SQLStore.Prune for a valid cutoff and limit.
 	prune(ctx context.Context, before time.Time, limit int) (int64, error)
 	// sweep performs SQLStore.Sweep for a valid now and limit.
@@ -295,7 +298,7 @@ type sqlQuerier interface {
 // (or a pointer to one). It chooses its SQL by db.Dialect().Name(), which
 // must be dialect.SQLite or dialect.PG. It does no I/O: call Migrate before
 // the first use. Close never closes db.
-func NewSQLStore(db bun.IDB) (*SQLStore, error) {
+func NewSQLStore(db bun.IDB, opts ...SQLOption) (*SQLStore, error) {
 	s := &SQLStore{}
 	switch d := db.(type) {
 	case *bun.DB:
@@ -337,6 +340,18 @@ func NewSQLStore(db bun.IDB) (*SQLStore, error) {
 		return nil, fmt.Errorf("quota: new sql store: unsupported dialect %s (want sqlite or pg)", name)
 	}
 	s.q = sqlConn{s: s, q: s.q}
+	o := sqlOptions{maxBatch: DefaultMaxBatch, writers: 2}
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	if s.begin != nil && o.maxBatch > 1 {
+		if s.wsem != nil {
+			o.writers = 1 // SQLite: one writer at a time
+		}
+		s.batch = &sqlBatcher{s: s, max: o.maxBatch, writers: o.writers}
+	}
 	return s, nil
 }
 
@@ -704,11 +719,12 @@ func (s *SQLStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 	if err := validateOp(op); err != nil {
 		return ApplyResult{}, fmt.Errorf("quota: sql apply: %w", err)
 	}
-	res, err := s.d.apply(ctx, op)
-	if err != nil {
-		return ApplyResult{}, s.fail(ctx, "apply", err)
+	c := &sqlCall{ctx: ctx, kind: callApply, op: op}
+	s.run(c)
+	if c.err != nil {
+		return ApplyResult{}, s.fail(ctx, "apply", c.err)
 	}
-	return res, nil
+	return c.res, nil
 }
 
 // Commit implements Store.
@@ -728,11 +744,12 @@ func (s *SQLStore) Commit(ctx context.Context, id string, amount int64, now time
 	if err := checkTime("now", now); err != nil {
 		return Record{}, fmt.Errorf("quota: sql commit %s: %w", id, err)
 	}
-	rec, err := s.d.commit(ctx, id, amount, now)
-	if err != nil {
-		return Record{}, s.fail(ctx, "commit "+id, err)
+	c := &sqlCall{ctx: ctx, kind: callCommit, id: id, amount: amount, now: now}
+	s.run(c)
+	if c.err != nil {
+		return Record{}, s.fail(ctx, "commit "+id, c.err)
 	}
-	return rec, nil
+	return c.rec, nil
 }
 
 // Cancel implements Store.
@@ -746,12 +763,13 @@ func (s *SQLStore) Cancel(ctx context.Context, id string, now time.Time) error {
 	if err := checkName(id, ErrInvalidName); err != nil {
 		return fmt.Errorf("quota: sql cancel: %w", err)
 	}
-	found, err := s.d.cancel(ctx, id)
-	if err == nil && !found {
-		err = ErrReservationNotFound
+	c := &sqlCall{ctx: ctx, kind: callCancel, id: id}
+	s.run(c)
+	if c.err == nil && !c.found {
+		c.err = ErrReservationNotFound
 	}
-	if err != nil {
-		return s.fail(ctx, "cancel "+id, err)
+	if c.err != nil {
+		return s.fail(ctx, "cancel "+id, c.err)
 	}
 	return nil
 }

@@ -47,7 +47,9 @@ func (*pgDialect) tv(t time.Time) any { return t.UTC().Truncate(time.Microsecond
 
 func (*pgDialect) param(n int) string { return "$" + strconv.Itoa(n) }
 
-func (*pgDialect) transient(error) bool { return false }
+// transient reports a serialization failure or a deadlock, after which the
+// transaction rolled back and may be tried again.
+func (*pgDialect) transient(err error) bool { return isPGTransient(err) }
 
 var pgText = sqlText{
 	putSubscription: `INSERT INTO quota_subscriptions (subject, plan, anchor, time_zone, overrides, next_plan, next_plan_at)
@@ -84,6 +86,9 @@ const (
 FROM quota_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`
 	pgCommit = `SELECT o_status, o_id, o_subject, o_action, o_amount, o_resource_id, o_metadata, o_key, o_time
 FROM quota_commit($1, $2, $3)`
+	pgBatch = `SELECT o_i, o_status, o_record_id, o_hold_id, o_used, o_held, o_limits, o_replay, o_action, o_hold_expires, o_crossed,
+	o_subject, o_amount, o_resource_id, o_metadata, o_key, o_time
+FROM quota_batch($1::jsonb)`
 	// The hold's counters go with it (ON DELETE CASCADE).
 	pgCancel = `DELETE FROM quota_holds WHERE id = $1`
 	// pgCounter reads one counter: used, limit_max, period_end, held and
@@ -262,32 +267,41 @@ func refusal(op *Op, cs []Counter) (ApplyResult, error) {
 
 // commit calls quota_commit.
 func (d *pgDialect) commit(ctx context.Context, id string, amount int64, now time.Time) (Record, error) {
-	var (
-		status        string
-		recID, amt    sql.NullInt64
-		subject, act  sql.NullString
-		resource, key sql.NullString
-		meta          sql.NullString
-		at            time.Time
-	)
-	err := d.s.q.QueryRowContext(ctx, pgCommit, id, amount, d.tv(now)).Scan(&status, &recID, &subject, &act, &amt, &resource, &meta, &key, sqlTime{&at})
+	var row pgCommitRow
+	err := d.s.q.QueryRowContext(ctx, pgCommit, id, amount, d.tv(now)).Scan(&row.status, &row.id, &row.subject, &row.action,
+		&row.amount, &row.resource, &row.meta, &row.key, sqlTime{&row.at})
 	if err != nil {
 		return Record{}, err
 	}
-	switch status {
+	return row.record(amount)
+}
+
+// pgCommitRow is the row quota_commit returns.
+type pgCommitRow struct {
+	status              string
+	id, amount          sql.NullInt64
+	subject, action     sql.NullString
+	resource, key, meta sql.NullString
+	at                  time.Time
+}
+
+// record returns the record of a commit of amount, or its outcome.
+func (row *pgCommitRow) record(amount int64) (Record, error) {
+	switch row.status {
 	case "committed":
 	case "not_found":
 		return Record{}, ErrReservationNotFound
 	case "expired":
 		return Record{}, ErrReservationExpired
 	case "too_large":
-		return Record{}, fmt.Errorf("%w: commit of %d on a hold of %d", ErrInvalidAmount, amount, amt.Int64)
+		return Record{}, fmt.Errorf("%w: commit of %d on a hold of %d", ErrInvalidAmount, amount, row.amount.Int64)
 	default:
-		return Record{}, fmt.Errorf("quota_commit returned status %q", status)
+		return Record{}, fmt.Errorf("quota_commit returned status %q", row.status)
 	}
-	rec := Record{ID: recID.Int64, Subject: subject.String, Action: act.String, Amount: amt.Int64, ResourceID: resource.String, Key: key.String, Time: at}
-	if meta.Valid && meta.String != "" {
-		rec.Metadata = json.RawMessage(meta.String)
+	rec := Record{ID: row.id.Int64, Subject: row.subject.String, Action: row.action.String, Amount: row.amount.Int64,
+		ResourceID: row.resource.String, Key: row.key.String, Time: row.at}
+	if row.meta.Valid && row.meta.String != "" {
+		rec.Metadata = json.RawMessage(row.meta.String)
 	}
 	return rec, nil
 }
@@ -299,6 +313,161 @@ func (d *pgDialect) cancel(ctx context.Context, id string) (found bool, err erro
 	}
 	n, err := res.RowsAffected()
 	return n > 0, err
+}
+
+// writeBatch writes one call with its own statement, and several with one
+// call of quota_batch (migrations/pg/0006_batch.sql): one round trip, one
+// transaction.
+func (d *pgDialect) writeBatch(ctx context.Context, calls []*sqlCall) error {
+	if len(calls) == 1 {
+		return d.writeOne(ctx, calls[0])
+	}
+	arg, err := d.batchArg(calls)
+	if err != nil {
+		return err
+	}
+	rows, err := d.s.q.QueryContext(ctx, pgBatch, arg)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for rows.Next() {
+		var i int
+		var a pgApplyRow
+		var c pgCommitRow
+		if err := rows.Scan(&i, &a.status, &a.recordID, &a.hold, &a.used, &a.held, &a.limits, &a.replay, &a.action,
+			sqlTime{&a.holdExp}, &a.crossed, &c.subject, &c.amount, &c.resource, &c.meta, &c.key, sqlTime{&c.at}); err != nil {
+			rows.Close()
+			return err
+		}
+		if i != n+1 || i > len(calls) {
+			rows.Close()
+			return fmt.Errorf("quota_batch returned call %d after %d of %d", i, n, len(calls))
+		}
+		n = i
+		d.batchOutcome(calls[i-1], &a, &c)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return err
+	}
+	if n != len(calls) {
+		return fmt.Errorf("quota_batch returned %d calls of %d", n, len(calls))
+	}
+	return nil
+}
+
+// batchOutcome sets the outcome of c from its row of quota_batch.
+func (d *pgDialect) batchOutcome(c *sqlCall, a *pgApplyRow, cr *pgCommitRow) {
+	switch c.kind {
+	case callApply:
+		c.res, c.err = a.result(c.op)
+	case callCommit:
+		cr.status, cr.id, cr.action = a.status, a.recordID, a.action
+		c.rec, c.err = cr.record(c.amount)
+	case callCancel:
+		c.found = a.status == "cancelled"
+	}
+}
+
+// writeOne writes one call with its own statement.
+func (d *pgDialect) writeOne(ctx context.Context, c *sqlCall) (err error) {
+	switch c.kind {
+	case callApply:
+		c.res, err = d.apply(ctx, c.op)
+	case callCommit:
+		c.rec, err = d.commit(ctx, c.id, c.amount, c.now)
+	case callCancel:
+		c.found, err = d.cancel(ctx, c.id)
+	}
+	if err != nil && isOutcome(err) {
+		c.err, err = err, nil
+	}
+	return err
+}
+
+// pgBatchCall is a call as quota_batch reads it (see 0006_batch.sql).
+type pgBatchCall struct {
+	Kind        string  `json:"k"`
+	Subject     string  `json:"s,omitempty"`
+	Action      string  `json:"a,omitempty"`
+	Periods     string  `json:"p,omitempty"`
+	Starts      string  `json:"st,omitempty"`
+	Ends        string  `json:"en,omitempty"`
+	Maxes       string  `json:"mx,omitempty"`
+	Amount      int64   `json:"n"`
+	Enforce     bool    `json:"f,omitempty"`
+	Now         string  `json:"now,omitempty"`
+	Time        string  `json:"t,omitempty"`
+	ResourceID  *string `json:"r,omitempty"`
+	Metadata    *string `json:"m,omitempty"`
+	Key         *string `json:"key,omitempty"`
+	Fingerprint *string `json:"fp,omitempty"`
+	HoldID      *string `json:"h,omitempty"`
+	HoldExpires string  `json:"he,omitempty"`
+	Marks       string  `json:"mk,omitempty"`
+	ID          string  `json:"id,omitempty"`
+}
+
+// pgBatchCounter is a counter of an apply, as quota_batch reads it.
+type pgBatchCounter struct {
+	Subject string `json:"s"`
+	Action  string `json:"a"`
+	Period  string `json:"p"`
+	Start   string `json:"st"`
+	End     string `json:"en"`
+}
+
+// batchArg returns the argument of quota_batch for calls.
+func (d *pgDialect) batchArg(calls []*sqlCall) (string, error) {
+	var arg struct {
+		Holds    []string         `json:"holds"`
+		Counters []pgBatchCounter `json:"counters"`
+		Ops      []pgBatchCall    `json:"ops"`
+	}
+	arg.Holds, arg.Counters, arg.Ops = []string{}, []pgBatchCounter{}, make([]pgBatchCall, len(calls))
+	for i, c := range calls {
+		switch c.kind {
+		case callCommit:
+			arg.Ops[i] = pgBatchCall{Kind: "commit", ID: c.id, Amount: c.amount, Now: pgTime(c.now)}
+			arg.Holds = append(arg.Holds, c.id)
+		case callCancel:
+			arg.Ops[i] = pgBatchCall{Kind: "cancel", ID: c.id}
+			arg.Holds = append(arg.Holds, c.id)
+		case callApply:
+			arg.Ops[i] = d.batchApply(c.op)
+			for _, co := range c.op.Counters {
+				arg.Counters = append(arg.Counters, pgBatchCounter{Subject: co.Subject, Action: co.Action,
+					Period: co.Period.String(), Start: pgTime(co.Start), End: pgTime(co.End)})
+			}
+		}
+	}
+	b, err := json.Marshal(&arg)
+	return string(b), err
+}
+
+// batchApply returns the call of quota_apply for op, with the arguments
+// of applyArgs.
+func (d *pgDialect) batchApply(op *Op) pgBatchCall {
+	args := d.applyArgs(op)
+	str := func(v any) *string {
+		if s, ok := v.(string); ok {
+			return &s
+		}
+		return nil
+	}
+	call := pgBatchCall{Kind: "apply", Subject: args[0].(string), Action: args[1].(string), Periods: args[2].(string),
+		Starts: args[3].(string), Ends: args[4].(string), Maxes: args[5].(string), Amount: args[6].(int64),
+		Enforce: args[7].(bool), Now: pgTime(op.Now), Time: pgTime(op.Record.Time), ResourceID: str(args[10]),
+		Metadata: str(args[11]), Key: str(args[12]), Fingerprint: str(args[13]), HoldID: str(args[14]), Marks: args[16].(string)}
+	if op.Hold != nil {
+		call.HoldExpires = pgTime(op.Hold.ExpiresAt)
+	}
+	return call
+}
+
+// pgTime is t as quota_batch reads a time.
+func pgTime(t time.Time) string {
+	return t.UTC().Truncate(time.Microsecond).Format("2006-01-02T15:04:05.999999Z")
 }
 
 func (d *pgDialect) prune(ctx context.Context, before time.Time, limit int) (int64, error) {

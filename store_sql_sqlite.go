@@ -191,7 +191,7 @@ var sqliteWrites = func() []string {
 	qs := []string{sqliteClaimKey, sqliteReadKey, sqliteUpdateKey, sqliteCounter, sqliteCharge1, sqliteInsertRecord,
 		sqliteSweepLinks, sqliteSweepHolds, sqliteInsertHold, sqliteTakeLinks, sqliteTakeHold,
 		sqliteChargeUsed, sqliteDropLinks, sqliteDropHold, sqliteMark, sqliteInsertNotice, sqliteClaim,
-		sqliteSweepExpiredLinks, sqliteSweepExpired}
+		sqliteSweepExpiredLinks, sqliteSweepExpired, sqliteSavepoint, sqliteRollbackTo, sqliteRelease}
 	for n := 1; n < 5; n++ {
 		qs = append(qs, sqliteCharges[n], sqliteLinks[n], sqliteCountersN[n])
 	}
@@ -359,18 +359,61 @@ func (d *sqliteDialect) setMarks(ctx context.Context, q sqlQuerier, c *Counter, 
 	return err
 }
 
-// apply reads the counters, decides and writes, in one transaction (see
-// sqliteUse).
-func (d *sqliteDialect) apply(ctx context.Context, op *Op) (ApplyResult, error) {
-	var u *sqliteUse
-	err := d.write(ctx, func(q sqlQuerier) (bool, error) {
-		u = &sqliteUse{d: d, q: q, op: op, now: d.tv(op.Now)}
-		return u.run(ctx)
+// The savepoint of a call in a batch.
+const (
+	sqliteSavepoint  = "SAVEPOINT quota_call"
+	sqliteRollbackTo = "ROLLBACK TO quota_call"
+	sqliteRelease    = "RELEASE quota_call"
+)
+
+// writeBatch writes calls in one write transaction, each in a savepoint
+// of its own, which its outcome keeps or rolls back; one call alone needs
+// no savepoint.
+func (d *sqliteDialect) writeBatch(ctx context.Context, calls []*sqlCall) error {
+	return d.write(ctx, func(q sqlQuerier) (bool, error) {
+		if len(calls) == 1 {
+			return d.writeCall(ctx, q, calls[0])
+		}
+		for _, c := range calls {
+			if _, err := q.ExecContext(ctx, sqliteSavepoint); err != nil {
+				return false, err
+			}
+			keep, err := d.writeCall(ctx, q, c)
+			if err != nil {
+				return false, err
+			}
+			if !keep {
+				if _, err := q.ExecContext(ctx, sqliteRollbackTo); err != nil {
+					return false, err
+				}
+			}
+			if _, err := q.ExecContext(ctx, sqliteRelease); err != nil {
+				return false, err
+			}
+		}
+		return true, nil
 	})
-	if err != nil {
-		return ApplyResult{}, err
+}
+
+// writeCall performs c in the transaction q, sets its outcome, and
+// reports whether its writes are to be kept. An error is a failure of
+// the transaction; an outcome of c's own (isOutcome) goes to c.err.
+func (d *sqliteDialect) writeCall(ctx context.Context, q sqlQuerier, c *sqlCall) (keep bool, err error) {
+	switch c.kind {
+	case callApply:
+		u := &sqliteUse{d: d, q: q, op: c.op, now: d.tv(c.op.Now)}
+		keep, err = u.run(ctx)
+		c.res, c.err = u.res, u.keyErr
+	case callCommit:
+		keep, c.rec, c.err, err = d.commitIn(ctx, q, c.id, c.amount, c.now)
+	case callCancel:
+		c.found, err = d.cancelIn(ctx, q, c.id)
+		keep = c.found
 	}
-	return u.res, u.keyErr
+	if err != nil && isOutcome(err) {
+		c.err, err, keep = err, nil, false
+	}
+	return keep, err
 }
 
 // sqliteUse is one Op applied in one SQLite write transaction, step by
@@ -638,56 +681,45 @@ type sqliteLink struct {
 	start  int64
 }
 
-// commit takes the hold id and its counters, charges the counters and
-// appends the record, in one transaction. A hold not found, expired (then
-// deleted), or smaller than amount is the outcome, an error.
-func (d *sqliteDialect) commit(ctx context.Context, id string, amount int64, now time.Time) (Record, error) {
-	var rec Record
-	var outcome error
-	err := d.write(ctx, func(q sqlQuerier) (bool, error) {
-		// The counters first: deleting the hold would cascade to them.
-		links, err := takeLinks(ctx, q, id)
-		if err != nil {
-			return false, err
-		}
-		var held int64
-		var resource, key, meta sql.NullString
-		var expires time.Time
-		err = q.QueryRowContext(ctx, sqliteTakeHold, id).
-			Scan(&rec.Subject, &rec.Action, &held, &resource, &meta, &key, sqlTime{&rec.Time}, sqlTime{&expires})
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			outcome = ErrReservationNotFound
-			return false, nil
-		case err != nil:
-			return false, err
-		case !expires.After(now):
-			outcome = ErrReservationExpired
-			return true, nil // the hold is gone
-		case amount > held:
-			outcome = fmt.Errorf("%w: commit of %d on a hold of %d", ErrInvalidAmount, amount, held)
-			return false, nil
-		}
-		if err := d.chargeHold(ctx, q, &rec, links, amount, now); err != nil {
-			return false, err
-		}
-		rec.Amount, rec.ResourceID, rec.Key = amount, resource.String, key.String
-		if meta.Valid && meta.String != "" {
-			rec.Metadata = json.RawMessage(meta.String)
-		}
-		ins, err := q.ExecContext(ctx, sqliteInsertRecord, rec.Subject, rec.Action, amount, resource, meta, key, d.tv(rec.Time))
-		if err == nil {
-			rec.ID, err = ins.LastInsertId()
-		}
-		return err == nil, err
-	})
+// commitIn takes the hold id and its counters, charges the counters and
+// appends the record, in the transaction q. A hold not found, expired
+// (then deleted: keep), or smaller than amount is the outcome.
+func (d *sqliteDialect) commitIn(ctx context.Context, q sqlQuerier, id string, amount int64, now time.Time) (keep bool, rec Record, outcome, err error) {
+	// The counters first: deleting the hold would cascade to them.
+	links, err := takeLinks(ctx, q, id)
 	if err != nil {
-		return Record{}, err
+		return false, Record{}, nil, err
 	}
-	if outcome != nil {
-		return Record{}, outcome
+	var held int64
+	var resource, key, meta sql.NullString
+	var expires time.Time
+	err = q.QueryRowContext(ctx, sqliteTakeHold, id).
+		Scan(&rec.Subject, &rec.Action, &held, &resource, &meta, &key, sqlTime{&rec.Time}, sqlTime{&expires})
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return false, Record{}, ErrReservationNotFound, nil
+	case err != nil:
+		return false, Record{}, nil, err
+	case !expires.After(now):
+		return true, Record{}, ErrReservationExpired, nil // the hold is gone
+	case amount > held:
+		return false, Record{}, fmt.Errorf("%w: commit of %d on a hold of %d", ErrInvalidAmount, amount, held), nil
 	}
-	return rec, nil
+	if err := d.chargeHold(ctx, q, &rec, links, amount, now); err != nil {
+		return false, Record{}, nil, err
+	}
+	rec.Amount, rec.ResourceID, rec.Key = amount, resource.String, key.String
+	if meta.Valid && meta.String != "" {
+		rec.Metadata = json.RawMessage(meta.String)
+	}
+	ins, err := q.ExecContext(ctx, sqliteInsertRecord, rec.Subject, rec.Action, amount, resource, meta, key, d.tv(rec.Time))
+	if err == nil {
+		rec.ID, err = ins.LastInsertId()
+	}
+	if err != nil {
+		return false, Record{}, nil, err
+	}
+	return true, rec, nil, nil
 }
 
 // chargeHold adds the amount committed on a hold of rec's subject and
@@ -744,20 +776,18 @@ func takeLinks(ctx context.Context, q sqlQuerier, id string) ([]sqliteLink, erro
 	return links, nil
 }
 
-func (d *sqliteDialect) cancel(ctx context.Context, id string) (found bool, err error) {
-	err = d.write(ctx, func(q sqlQuerier) (bool, error) {
-		if _, err := q.ExecContext(ctx, sqliteDropLinks, id); err != nil {
-			return false, err
-		}
-		res, err := q.ExecContext(ctx, sqliteDropHold, id)
-		if err != nil {
-			return false, err
-		}
-		n, err := res.RowsAffected()
-		found = n > 0
-		return found, err
-	})
-	return found, err
+// cancelIn deletes the hold id and its counters in the transaction q, and
+// reports whether there was one.
+func (d *sqliteDialect) cancelIn(ctx context.Context, q sqlQuerier, id string) (found bool, err error) {
+	if _, err := q.ExecContext(ctx, sqliteDropLinks, id); err != nil {
+		return false, err
+	}
+	res, err := q.ExecContext(ctx, sqliteDropHold, id)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
 }
 
 // sweep deletes the counters of the first limit expired holds, then those

@@ -441,6 +441,87 @@ BEGIN
 END
 $function$;
 
+CREATE OR REPLACE FUNCTION quota_batch(p_batch jsonb, OUT o_i integer, OUT o_status text, OUT o_record_id bigint, OUT o_hold_id text, OUT o_used text, OUT o_held text, OUT o_limits text, OUT o_replay text, OUT o_action text, OUT o_hold_expires timestamp with time zone, OUT o_crossed text, OUT o_subject text, OUT o_amount bigint, OUT o_resource_id text, OUT o_metadata text, OUT o_key text, OUT o_time timestamp with time zone)
+ RETURNS SETOF record
+ LANGUAGE plpgsql
+ SET plan_cache_mode TO 'force_generic_plan'
+AS $function$
+DECLARE
+    v_holds text[] := ARRAY(SELECT jsonb_array_elements_text(coalesce(p_batch->'holds', '[]')));
+    v_op    record;
+    v_a     record;
+    v_c     record;
+    v_n     integer;
+BEGIN
+    -- 1. The holds, by id.
+    PERFORM 1 FROM quota_holds h WHERE h.id = ANY (v_holds) ORDER BY h.id COLLATE "C" FOR UPDATE;
+
+    -- 2. The counters of the applies that do not exist yet.
+    INSERT INTO quota_summaries (subject, action, period, period_start, period_end, used, limit_max)
+    SELECT k.s, k.a, k.p, k.st, k.en, 0, NULL
+      FROM jsonb_to_recordset(coalesce(p_batch->'counters', '[]')) AS k(s text, a text, p text, st timestamptz, en timestamptz)
+     ORDER BY k.s COLLATE "C", k.a COLLATE "C", quota_period_rank(k.p), k.st
+    ON CONFLICT DO NOTHING;
+
+    -- 3. Every counter of the batch: those of the applies, those of the
+    -- holds.
+    PERFORM 1 FROM quota_summaries s
+      JOIN (SELECT k.s, k.a, k.p, k.st
+              FROM jsonb_to_recordset(coalesce(p_batch->'counters', '[]')) AS k(s text, a text, p text, st timestamptz)
+            UNION
+            SELECT c.subject, c.action, c.period, c.period_start
+              FROM quota_hold_counters c WHERE c.hold_id = ANY (v_holds)) k
+        ON s.subject = k.s AND s.action = k.a AND s.period = k.p AND s.period_start = k.st
+     ORDER BY s.subject COLLATE "C", s.action COLLATE "C", quota_period_rank(s.period), s.period_start
+       FOR UPDATE OF s;
+
+    -- 4. The calls, in order.
+    FOR v_op IN SELECT e.value AS e, e.ordinality::integer AS i
+                  FROM jsonb_array_elements(p_batch->'ops') WITH ORDINALITY AS e LOOP
+        o_i := v_op.i;
+        o_status := NULL; o_record_id := NULL; o_hold_id := NULL; o_used := NULL; o_held := NULL;
+        o_limits := NULL; o_replay := NULL; o_action := NULL; o_hold_expires := NULL; o_crossed := NULL;
+        o_subject := NULL; o_amount := NULL; o_resource_id := NULL; o_metadata := NULL; o_key := NULL; o_time := NULL;
+        CASE v_op.e->>'k'
+        WHEN 'apply' THEN
+            SELECT * INTO v_a FROM quota_apply(
+                v_op.e->>'s', v_op.e->>'a', v_op.e->>'p', v_op.e->>'st', v_op.e->>'en', v_op.e->>'mx',
+                (v_op.e->>'n')::bigint, (v_op.e->>'f')::boolean, (v_op.e->>'now')::timestamptz,
+                (v_op.e->>'t')::timestamptz, v_op.e->>'r', v_op.e->>'m', v_op.e->>'key', v_op.e->>'fp',
+                v_op.e->>'h', (v_op.e->>'he')::timestamptz, v_op.e->>'mk');
+            o_status := v_a.o_status;
+            o_record_id := v_a.o_record_id;
+            o_hold_id := v_a.o_hold_id;
+            o_used := v_a.o_used::text;
+            o_held := v_a.o_held::text;
+            o_limits := v_a.o_limits::text;
+            o_replay := v_a.o_replay::text;
+            o_action := v_a.o_action;
+            o_hold_expires := v_a.o_hold_expires;
+            o_crossed := v_a.o_crossed::text;
+        WHEN 'commit' THEN
+            SELECT * INTO v_c FROM quota_commit(v_op.e->>'id', (v_op.e->>'n')::bigint, (v_op.e->>'now')::timestamptz);
+            o_status := v_c.o_status;
+            o_record_id := v_c.o_id;
+            o_subject := v_c.o_subject;
+            o_action := v_c.o_action;
+            o_amount := v_c.o_amount;
+            o_resource_id := v_c.o_resource_id;
+            o_metadata := v_c.o_metadata;
+            o_key := v_c.o_key;
+            o_time := v_c.o_time;
+        WHEN 'cancel' THEN
+            DELETE FROM quota_holds WHERE id = v_op.e->>'id';
+            GET DIAGNOSTICS v_n = ROW_COUNT;
+            o_status := CASE WHEN v_n > 0 THEN 'cancelled' ELSE 'not_found' END;
+        ELSE
+            RAISE EXCEPTION 'quota: unknown call %', v_op.e->>'k';
+        END CASE;
+        RETURN NEXT;
+    END LOOP;
+END
+$function$;
+
 CREATE OR REPLACE FUNCTION quota_commit(p_id text, p_amount bigint, p_now timestamp with time zone, OUT o_status text, OUT o_id bigint, OUT o_subject text, OUT o_action text, OUT o_amount bigint, OUT o_resource_id text, OUT o_metadata text, OUT o_key text, OUT o_time timestamp with time zone)
  RETURNS record
  LANGUAGE plpgsql
@@ -543,6 +624,15 @@ BEGIN
     END LOOP;
     RETURN v_status;
 END
+$function$;
+
+CREATE OR REPLACE FUNCTION quota_period_rank(p text)
+ RETURNS integer
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    SELECT CASE p WHEN 'none' THEN 0 WHEN 'hour' THEN 1 WHEN 'day' THEN 2 WHEN 'week' THEN 3
+                  WHEN 'month' THEN 4 WHEN 'year' THEN 5 ELSE 6 END
 $function$;
 
 CREATE OR REPLACE FUNCTION quota_replay(p_subject text, p_key text, p_fingerprint text, OUT o_status text, OUT o_record_id bigint, OUT o_hold_id text, OUT o_used bigint[], OUT o_held bigint[], OUT o_limits bigint[], OUT o_replay json, OUT o_action text, OUT o_hold_expires timestamp with time zone)
