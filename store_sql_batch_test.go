@@ -4,13 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
+	"net"
+	"net/url"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/uptrace/bun"
 
 	"github.com/quotakit/quota"
 )
@@ -308,4 +314,356 @@ func compareStores(t *testing.T, w *batchWorld, want, got quota.Store) {
 		cmp.Comparer(func(a, b time.Time) bool { return a.Equal(b) })); diff != "" {
 		t.Errorf("records in order, memory store (-) and batch (+):\n%s", diff)
 	}
+}
+
+// batchOp is a Consume of 1 on the monthly counter of subject.
+func batchOp(subject string) *quota.Op {
+	month := time.Date(sqlT0.Year(), sqlT0.Month(), 1, 0, 0, 0, 0, time.UTC)
+	return &quota.Op{
+		Counters: []quota.CounterOp{{CounterKey: quota.CounterKey{Subject: subject, Action: "api", Period: quota.PeriodMonth, Start: month},
+			End: month.AddDate(0, 1, 0), Max: 1000}},
+		Record:  quota.Record{Subject: subject, Action: "api", Amount: 1, Time: sqlT0},
+		Enforce: true,
+		Now:     sqlT0,
+	}
+}
+
+// countRecords returns the number of records in db.
+func countRecords(t *testing.T, db bun.IDB) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRowContext(context.Background(), "SELECT count(*) FROM quota_records").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// waitFor polls cond every 10 ms until it holds, failing t after 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// pgWaiting returns the number of backends running a statement that
+// contains text and waiting for a lock.
+func pgWaiting(t *testing.T, db *bun.DB, text string) int {
+	t.Helper()
+	var n int
+	err := db.DB.QueryRowContext(context.Background(), `SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()`, text).Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestSQLStoreBatchQueueCancel: a call whose context ends while it waits in
+// the queue leaves it with the context's error and is never applied.
+func TestSQLStoreBatchQueueCancel(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		db := b.newDB(t)
+		migrated(t, db)
+		st, err := quota.NewSQLStore(db, quota.WithWriters(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := t.Context()
+		if _, err := st.Apply(ctx, batchOp("org-a")); err != nil {
+			t.Fatal(err)
+		}
+		// Block the store's writer: a transaction of another
+		// connection holds the counter (PostgreSQL) or the write lock
+		// (SQLite).
+		conn, err := db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if b.name == "pg" {
+			_, err = conn.ExecContext(ctx, "BEGIN; SELECT 1 FROM quota_summaries WHERE subject = 'org-a' FOR UPDATE")
+		} else {
+			_, err = conn.ExecContext(ctx, "BEGIN IMMEDIATE")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := make(chan error, 1)
+		go func() {
+			_, err := st.Apply(ctx, batchOp("org-a"))
+			first <- err
+		}()
+		if b.name == "pg" {
+			waitFor(t, "the first call to wait for the lock", func() bool { return pgWaiting(t, openPGAdmin(t), "quota_apply") > 0 })
+		} else {
+			time.Sleep(100 * time.Millisecond) // the first call waits in busy_timeout
+		}
+		qctx, cancel := context.WithCancel(ctx)
+		queued := make(chan error, 1)
+		go func() {
+			_, err := st.Apply(qctx, batchOp("org-b"))
+			queued <- err
+		}()
+		waitFor(t, "the second call to queue", func() bool { return quota.Queued(st) == 1 })
+		cancel()
+		select {
+		case err := <-queued:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("queued call: %v; want context.Canceled", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the cancelled call did not leave the queue")
+		}
+		if _, err := conn.ExecContext(ctx, "ROLLBACK"); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-first; err != nil {
+			t.Fatalf("first call: %v", err)
+		}
+		if n := countRecords(t, db); n != 2 {
+			t.Errorf("%d records; want 2: the cancelled call was applied", n)
+		}
+		checkBalanced(t, db)
+	})
+}
+
+// openPGAdmin opens a pool of one connection to the base DSN.
+func openPGAdmin(t *testing.T) *bun.DB {
+	t.Helper()
+	return openPG(t, pgBaseDSN(t), 1)
+}
+
+// tcpProxy forwards the connections it accepts to a target, until cut.
+type tcpProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+	cut    bool
+}
+
+func startTCPProxy(t *testing.T, target string) *tcpProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpProxy{ln: ln, target: target}
+	t.Cleanup(p.cutAll)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			if p.cut {
+				p.mu.Unlock()
+				c.Close()
+				s.Close()
+				continue
+			}
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			go func() { io.Copy(s, c); s.Close() }()
+			go func() { io.Copy(c, s); c.Close() }()
+		}
+	}()
+	return p
+}
+
+// cutAll closes the listener and every connection.
+func (p *tcpProxy) cutAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	p.ln.Close()
+	for _, c := range p.conns {
+		c.Close()
+	}
+}
+
+// TestSQLStoreBatchConnectionCut cuts the connection of a PostgreSQL batch
+// while the batch waits for a lock: none of its calls is applied, each of
+// its callers gets an error, and the ledger balances.
+func TestSQLStoreBatchConnectionCut(t *testing.T) {
+	dsn := newPGSchema(t)
+	direct := openPG(t, dsn, 4)
+	migrated(t, direct)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatalf("QUOTA_TEST_POSTGRES_DSN must be a URL for this test: %v", err)
+	}
+	proxy := startTCPProxy(t, u.Host)
+	u.Host = proxy.ln.Addr().String()
+	q := u.Query()
+	// The server notices a client gone while it waits for a lock.
+	q.Set("client_connection_check_interval", "100")
+	u.RawQuery = q.Encode()
+	st, err := quota.NewSQLStore(openPG(t, u.String(), 8), quota.WithWriters(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	const n = 10
+	for i := range n {
+		if _, err := st.Apply(ctx, batchOp(fmt.Sprintf("org-%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	blocker, err := direct.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback()
+	if _, err := blocker.ExecContext(ctx, "SELECT 1 FROM quota_summaries WHERE subject = 'org-0' FOR UPDATE"); err != nil {
+		t.Fatal(err)
+	}
+	// A first call takes the writer and waits for the lock; n calls
+	// queue behind it; cancelling the first sends them as one batch,
+	// which waits for the lock too.
+	fctx, cancel := context.WithCancel(ctx)
+	first := make(chan error, 1)
+	go func() {
+		_, err := st.Apply(fctx, batchOp("org-0"))
+		first <- err
+	}()
+	waitFor(t, "the first call to wait for the lock", func() bool { return pgWaiting(t, direct, "quota_apply") > 0 })
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			_, err := st.Apply(ctx, batchOp(fmt.Sprintf("org-%d", i)))
+			errs <- err
+		}()
+	}
+	waitFor(t, "the calls to queue", func() bool { return quota.Queued(st) == n })
+	cancel()
+	if err := <-first; err == nil {
+		t.Fatal("the cancelled first call succeeded")
+	}
+	waitFor(t, "the batch to wait for the lock", func() bool { return pgWaiting(t, direct, "quota_batch") > 0 })
+	proxy.cutAll()
+	for range n {
+		select {
+		case err := <-errs:
+			if err == nil {
+				t.Error("a call of the cut batch succeeded")
+			} else if !strings.Contains(err.Error(), "batch of 10") {
+				t.Errorf("error %v; want one of the batch of 10", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a call of the cut batch did not return")
+		}
+	}
+	waitFor(t, "the server to end the cut batch", func() bool { return pgWaiting(t, direct, "quota_batch") == 0 })
+	if err := blocker.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if got := countRecords(t, direct); got != n {
+		t.Errorf("%d records; want the %d written before the batch", got, n)
+	}
+	checkBalanced(t, direct)
+}
+
+// TestSQLStoreBatchCallerTx: stores over callers' transactions, used while
+// a batching store of the same database is busy, never commit another
+// caller's use, nor lose their own.
+func TestSQLStoreBatchCallerTx(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		db := b.newDB(t)
+		shared := migrated(t, db)
+		ctx := t.Context()
+		var wg sync.WaitGroup
+		var sharedOK atomic.Int64
+		stop := make(chan struct{})
+		for range 8 {
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					res, err := shared.Apply(ctx, batchOp("org-shared"))
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if res.Applied {
+						sharedOK.Add(1)
+					}
+				}
+			})
+		}
+		waitFor(t, "the shared store to be busy", func() bool { return sharedOK.Load() >= 20 })
+		var txUses, kept atomic.Int64
+		var txg sync.WaitGroup
+		for g := range 4 {
+			txg.Go(func() {
+				for round := range 5 {
+					tx, err := db.BeginTx(ctx, nil)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					st, err := quota.NewSQLStore(tx)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					subject := fmt.Sprintf("org-tx-%d", g)
+					for range 3 {
+						if res, err := st.Apply(ctx, batchOp(subject)); err != nil || !res.Applied {
+							t.Errorf("use in a transaction: %+v, %v", res, err)
+						}
+						txUses.Add(1)
+					}
+					if round%2 == 0 {
+						err = tx.Commit()
+						kept.Add(3)
+					} else {
+						err = tx.Rollback()
+					}
+					if err != nil {
+						t.Error(err)
+					}
+				}
+			})
+		}
+		txg.Wait()
+		close(stop)
+		wg.Wait()
+		var perSubject = map[string]int64{}
+		rows, err := db.QueryContext(ctx, "SELECT subject, count(*) FROM quota_records GROUP BY subject")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var s string
+			var n int64
+			if err := rows.Scan(&s, &n); err != nil {
+				t.Fatal(err)
+			}
+			perSubject[s] = n
+		}
+		rows.Close()
+		want := map[string]int64{"org-shared": sharedOK.Load()}
+		for g := range 4 {
+			want[fmt.Sprintf("org-tx-%d", g)] = 9 // 3 rounds of 3 committed
+		}
+		if diff := cmp.Diff(want, perSubject); diff != "" {
+			t.Errorf("records per subject (-want +got):\n%s", diff)
+		}
+		t.Logf("%d shared uses; %d uses in transactions, %d committed", sharedOK.Load(), txUses.Load(), kept.Load())
+		checkBalanced(t, db)
+	})
 }
