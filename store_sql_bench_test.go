@@ -76,12 +76,23 @@ func BenchmarkSQL(b *testing.B) {
 				}
 				for _, subjects := range []int{1, 1000} {
 					for _, goroutines := range goroutineCounts {
-						for _, impl := range []string{"quota", "raw"} {
+						impls := []string{"quota", "raw"}
+						if op == "Consume" {
+							impls = []string{"quota", "unbatched", "raw"}
+						}
+						for _, impl := range impls {
 							name := fmt.Sprintf("op=%s/subjects=%d/goroutines=%d/impl=%s", op, subjects, goroutines, impl)
 							b.Run(name, func(b *testing.B) {
 								f := env.op(b, impl, op)
 								env.prepare(b, impl, goroutines)
+								env.batches.Store(0)
+								env.calls.Store(0)
+								env.largest.Store(0)
 								runBench(b, goroutines, func(i int) error { return f(fmt.Sprintf("sub-%04d", i%subjects)) })
+								if impl == "quota" && op != "Check" && env.batches.Load() > 0 {
+									b.ReportMetric(float64(env.calls.Load())/float64(env.batches.Load()), "calls/batch")
+									b.ReportMetric(float64(env.largest.Load()), "max-batch")
+								}
 							})
 						}
 					}
@@ -180,13 +191,19 @@ const (
 func pgRawConns(goroutines int) int { return min(goroutines, pgRawMaxConns) }
 
 type benchEnv struct {
-	db    *bun.DB
-	raw   *sql.DB // the baseline's pool: its own on PostgreSQL, db's on SQLite
-	pg    bool
-	q     *quota.Quota
-	month time.Time
-	mu    sync.Mutex // the raw SQLite writers' turn, as the store's
-	stmts map[string]*sql.Stmt
+	db  *bun.DB
+	raw *sql.DB // the baseline's pool: its own on PostgreSQL, db's on SQLite
+	pg  bool
+	q   *quota.Quota
+	// unbatched is q over a store that writes each call alone
+	// (WithMaxBatch(1)), as SQLStore did before it batched.
+	unbatched *quota.Quota
+	// batches and calls count the batches of q's store and their calls;
+	// largest is the largest batch.
+	batches, calls, largest atomic.Int64
+	month                   time.Time
+	mu                      sync.Mutex // the raw SQLite writers' turn, as the store's
+	stmts                   map[string]*sql.Stmt
 }
 
 func newBenchEnv(b *testing.B, name string) *benchEnv {
@@ -211,6 +228,20 @@ func newBenchEnv(b *testing.B, name string) *benchEnv {
 	st := migrated(b, env.db)
 	plan := quota.Plan{Name: "P", Limits: map[string][]quota.Limit{benchAction: {quota.PerMonth(benchLimit)}}}
 	env.q = newQuota(b, st, quota.Config{Plans: []quota.Plan{plan}})
+	quota.SetBatchHook(st, func(calls []context.Context) {
+		env.batches.Add(1)
+		env.calls.Add(int64(len(calls)))
+		for n := int64(len(calls)); ; {
+			if l := env.largest.Load(); n <= l || env.largest.CompareAndSwap(l, n) {
+				break
+			}
+		}
+	})
+	one, err := quota.NewSQLStore(env.db, quota.WithMaxBatch(1))
+	if err != nil {
+		b.Fatal(err)
+	}
+	env.unbatched = newQuota(b, one, quota.Config{Plans: []quota.Plan{plan}})
 	anchor := time.Date(2025, time.January, 1, 0, 0, 0, 0, time.UTC)
 	env.month = time.Date(sqlT0.Year(), sqlT0.Month(), 1, 0, 0, 0, 0, time.UTC)
 
@@ -333,6 +364,9 @@ func (env *benchEnv) op(b *testing.B, impl, op string) func(subject string) erro
 			err = fmt.Errorf("denied: %+v", d)
 		}
 		return err
+	}
+	if impl == "unbatched" {
+		return func(s string) error { return allowed(env.unbatched.Consume(ctx, use(s))) }
 	}
 	if impl == "quota" {
 		switch op {
