@@ -64,7 +64,8 @@ var sqlMigrations embed.FS
 //
 //   - PostgreSQL: Apply and Commit are one statement each, a call to a
 //     function that Migrate creates (quota_apply, quota_commit), so one
-//     round trip; Cancel and Prune are one statement too. They are correct
+//     round trip; Cancel and Prune are one statement too, and so is a
+//     batch of them (quota_batch, see Batches below). They are correct
 //     under READ COMMITTED, the default: a use locks its counter rows in
 //     the order of CounterKey.Less and re-checks the limit on their latest
 //     version (see migrations/pg/0002_functions.sql, 0004 for marks of
@@ -87,6 +88,25 @@ var sqlMigrations embed.FS
 //     notice is delivered after its use commits, by a Quota over a store
 //     of the database (set Notify on that one); Sweep removes nothing
 //     there either.
+//
+// Batches: the Apply, Commit and Cancel calls that reach a store over a
+// *bun.DB or a bun.Conn while it is writing queue, and go together as its
+// next batch, of at most WithMaxBatch calls: one transaction and one
+// commit for all of them (SQLite: BEGIN IMMEDIATE, each call in a
+// savepoint, COMMIT; PostgreSQL: one call of quota_batch, which takes the
+// locks of the whole batch first, in one global order, and then applies
+// the calls in order). A call that finds fewer than WithWriters batches
+// being written (one on SQLite) goes at once, alone, on its caller's
+// goroutine: there is no timer and no added wait. Each call of a batch
+// gets the outcome it would get alone, in the batch's order; a batch that
+// fails applies none of its calls and returns the error to each caller,
+// after trying it again when it failed with a serialization failure or a
+// deadlock (PostgreSQL 40001, 40P01) or SQLITE_BUSY. A caller whose
+// context ends while its call waits in the queue takes the call out, and
+// gets ctx.Err(): the call is never applied. Once a call is in a batch
+// that is being written, its caller waits for the batch's outcome: the
+// batch runs until the latest deadline of its callers, not cancelled by
+// any one of them. A store over a bun.Tx never batches.
 //
 // A cancelled context returns an error matching ctx.Err() and leaves
 // nothing half done. Names are validated before any SQL; values are bound
