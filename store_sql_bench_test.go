@@ -188,6 +188,10 @@ const (
 // pgRawConns is the size of the baseline's pool on PostgreSQL for a case
 // of goroutines goroutines: one connection per goroutine, up to
 // pgRawMaxConns.
+// sqliteConns is the size of the SQLite pool, which the library and the
+// baseline share.
+const sqliteConns = 8
+
 func pgRawConns(goroutines int) int { return min(goroutines, pgRawMaxConns) }
 
 type benchEnv struct {
@@ -223,6 +227,11 @@ func newBenchEnv(b *testing.B, name string) *benchEnv {
 		env.raw = raw
 	} else {
 		env.db = openSQLite(b, filepath.Join(b.TempDir(), "bench.db"))
+		// A bounded pool that keeps its connections: opening a SQLite
+		// connection costs far more than a use (it reads the schema),
+		// and database/sql keeps 2 idle ones by default.
+		env.db.DB.SetMaxOpenConns(sqliteConns)
+		env.db.DB.SetMaxIdleConns(sqliteConns)
 		env.raw = env.db.DB
 	}
 	st := migrated(b, env.db)

@@ -375,6 +375,12 @@ func (d *sqliteDialect) writeBatch(ctx context.Context, calls []*sqlCall) error 
 			return d.writeCall(ctx, q, calls[0])
 		}
 		for _, c := range calls {
+			if !needsSavepoint(c) {
+				if _, err := d.writeCall(ctx, q, c); err != nil {
+					return false, err
+				}
+				continue
+			}
 			if _, err := q.ExecContext(ctx, sqliteSavepoint); err != nil {
 				return false, err
 			}
@@ -393,6 +399,21 @@ func (d *sqliteDialect) writeBatch(ctx context.Context, calls []*sqlCall) error 
 		}
 		return true, nil
 	})
+}
+
+// needsSavepoint reports whether c may write before it learns that its
+// writes are not to be kept: a use with a key claims the key first, a
+// commit takes the hold's counters first. A use without a key writes
+// nothing when it is refused or replayed, and a cancel deletes nothing
+// when it finds no hold; an error fails the whole batch.
+func needsSavepoint(c *sqlCall) bool {
+	switch c.kind {
+	case callApply:
+		return c.op.Record.Key != ""
+	case callCommit:
+		return true
+	}
+	return false
 }
 
 // writeCall performs c in the transaction q, sets its outcome, and
