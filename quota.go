@@ -613,7 +613,7 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (_ *H
 		*d = denyFeature(&p)
 		return nil, nil
 	}
-	op := q.op(&b.op, &p, m, refusal)
+	op := q.op(&b.op, &p, m, refusal, b.results[:0])
 	res, err := q.store.Apply(ctx, op)
 	if err != nil && op.Hold != nil && mayHaveApplied(err) {
 		// The store may have applied the hold before the failure
@@ -660,12 +660,13 @@ func (p *prepared) refusal(m mode) (Reason, int) {
 	return ReasonNone, -1
 }
 
-// op fills op, from the pool, with the use p in mode m. A use that
-// policy refuses still goes to the store when it has a key, so that a
-// replay returns the first outcome whatever the plan is now: with every
-// Max at 0 the store refuses it otherwise, and returns the counters for
-// the denial's figures.
-func (q *Quota) op(op *Op, p *prepared, m mode, refusal Reason) *Op {
+// op fills op, from the pool, with the use p in mode m, and lends dst
+// for the store's answer (Op.Dst). A use that policy refuses still goes
+// to the store when it has a key, so that a replay returns the first
+// outcome whatever the plan is now: with every Max at 0 the store
+// refuses it otherwise, and returns the counters for the denial's
+// figures.
+func (q *Quota) op(op *Op, p *prepared, m mode, refusal Reason, dst []Counter) *Op {
 	if refusal != ReasonNone {
 		for i := range p.counters {
 			p.counters[i].Max = 0
@@ -684,6 +685,7 @@ func (q *Quota) op(op *Op, p *prepared, m mode, refusal Reason) *Op {
 		},
 		Enforce: m != modeTrack,
 		Now:     p.now,
+		Dst:     dst,
 	}
 	if p.u.Key != "" {
 		op.Fingerprint = p.fingerprint(m)
@@ -725,10 +727,12 @@ func (q *Quota) outcome(d *Decision, p *prepared, res *ApplyResult, refusal Reas
 	return true
 }
 
-// opBuf holds an Op and room for the counters of up to four limits.
+// opBuf holds an Op and room for the counters of up to four limits, and
+// for the store's answer (Op.Dst).
 type opBuf struct {
 	op       Op
 	counters [4]CounterOp
+	results  [4]Counter
 }
 
 var opPool = sync.Pool{New: func() any { return new(opBuf) }}
@@ -737,6 +741,7 @@ var opPool = sync.Pool{New: func() any { return new(opBuf) }}
 // to the pool.
 func (b *opBuf) release() {
 	clear(b.op.Counters)
+	clear(b.results[:])
 	b.op = Op{}
 	opPool.Put(b)
 }

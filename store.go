@@ -221,6 +221,12 @@ type Op struct {
 	// Now is the time of the operation; holds expiring at or before Now
 	// no longer count.
 	Now time.Time
+	// Dst is room that the caller lends for ApplyResult.Counters, with
+	// a capacity of at least len(Counters): Apply may return the
+	// counters in Dst[:len(Counters)] instead of a slice of its own,
+	// which spares an allocation per use. A store that ignores Dst is
+	// correct too. Like the rest of op, Dst is not the store's to keep.
+	Dst []Counter
 }
 
 // Hold describes a reservation to create.
@@ -238,7 +244,7 @@ type ApplyResult struct {
 	Replayed bool
 	// Counters holds the counters in Op order: after the use when it was
 	// applied (or first applied, when replayed), as they stand when it
-	// was refused.
+	// was refused. It may be the memory of Op.Dst.
 	Counters []Counter
 	// RecordID is the ID of the record written, when one was.
 	RecordID int64

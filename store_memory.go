@@ -168,13 +168,17 @@ func (s *MemoryStore) replay(op *Op) (ApplyResult, bool, error) {
 	if o.fingerprint != op.Fingerprint {
 		return ApplyResult{}, false, ErrIdempotencyConflict
 	}
-	return ApplyResult{Applied: true, Replayed: true, Counters: append([]Counter(nil), o.counters...), RecordID: o.recordID, HoldID: o.holdID, HoldExpiresAt: o.holdExpires}, true, nil
+	return ApplyResult{Applied: true, Replayed: true, Counters: append(op.Dst[:0], o.counters...), RecordID: o.recordID, HoldID: o.holdID, HoldExpiresAt: o.holdExpires}, true, nil
 }
 
 // read returns op's counters (nil for those never written) appended to
-// cs, and their figures as they stand.
+// cs, and their figures as they stand, in op.Dst when it has room.
 func (s *MemoryStore) read(op *Op, cs []*memCounter) ([]*memCounter, []Counter) {
-	out := make([]Counter, len(op.Counters))
+	out := op.Dst[:0]
+	if cap(out) < len(op.Counters) {
+		out = make([]Counter, 0, len(op.Counters))
+	}
+	out = out[:len(op.Counters)]
 	for i, co := range op.Counters {
 		c := s.counters[co.CounterKey]
 		cs = append(cs, c)
