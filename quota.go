@@ -346,6 +346,11 @@ func (q *Quota) prepare(ctx context.Context, u Use, m mode, p *prepared, buf []C
 	if &p.limits[0] == &blocked[0] && !q.actions[u.Action] {
 		return fmt.Errorf("%q: %w", u.Action, ErrUnknownAction)
 	}
+	if len(p.limits) > MaxLimits {
+		// Only a subscription written to the store directly, not by
+		// Subscribe, can hold such overrides.
+		return fmt.Errorf("%w: %d limits of %q, more than %d", ErrInvalidSubscription, len(p.limits), u.Action, MaxLimits)
+	}
 	if u.Amount < 0 && !p.limits[0].IsAllocation() {
 		return fmt.Errorf("%w: %d: %q has no allocation limit to release", ErrInvalidAmount, u.Amount, u.Action)
 	}
@@ -546,7 +551,8 @@ func (q *Quota) Check(ctx context.Context, u Use) (dec Decision, err error) {
 		if i := p.perUseExceeded(); i >= 0 {
 			var d Decision
 			q.decide(&d, &p, cs, false)
-			return denyPerUse(d, i), nil
+			denyPerUse(&d, i)
+			return d, nil
 		}
 	}
 	var d Decision
@@ -627,6 +633,9 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (_ *H
 		return nil, errorf("%s %q %q: %w", modeNames[m], u.Subject, u.Action, err)
 	}
 	if res.Replayed {
+		if len(res.Counters) > MaxLimits {
+			return nil, errorf("%s %q %q: store returned %d counters for a replay, more than %d", modeNames[m], u.Subject, u.Action, len(res.Counters), MaxLimits)
+		}
 		q.replayed(d, &p, &res)
 		var h *Hold
 		if res.HoldID != "" {
@@ -708,7 +717,7 @@ func (q *Quota) outcome(d *Decision, p *prepared, res *ApplyResult, refusal Reas
 			p.counters[i].Max = p.limits[i].Max
 		}
 		q.decide(d, p, res.Counters, false)
-		*d = denyPerUse(*d, capIndex)
+		denyPerUse(d, capIndex)
 		return false
 	case !res.Applied:
 		q.decide(d, p, res.Counters, true)
@@ -727,12 +736,12 @@ func (q *Quota) outcome(d *Decision, p *prepared, res *ApplyResult, refusal Reas
 	return true
 }
 
-// opBuf holds an Op and room for the counters of up to four limits, and
+// opBuf holds an Op and room for the counters of an action's limits, and
 // for the store's answer (Op.Dst).
 type opBuf struct {
 	op       Op
-	counters [4]CounterOp
-	results  [4]Counter
+	counters [MaxLimits]CounterOp
+	results  [MaxLimits]Counter
 }
 
 var opPool = sync.Pool{New: func() any { return new(opBuf) }}
