@@ -10,12 +10,13 @@ import (
 )
 
 var (
-	_ Store   = (*MemoryStore)(nil)
-	_ Summer  = (*MemoryStore)(nil)
-	_ Ranker  = (*MemoryStore)(nil)
-	_ Pruner  = (*MemoryStore)(nil)
-	_ Outbox  = (*MemoryStore)(nil)
-	_ Sweeper = (*MemoryStore)(nil)
+	_ Store     = (*MemoryStore)(nil)
+	_ Summer    = (*MemoryStore)(nil)
+	_ Ranker    = (*MemoryStore)(nil)
+	_ Pruner    = (*MemoryStore)(nil)
+	_ Outbox    = (*MemoryStore)(nil)
+	_ Sweeper   = (*MemoryStore)(nil)
+	_ Versioned = (*MemoryStore)(nil)
 )
 
 // MemoryStore is a Store that keeps everything in memory, for tests and
@@ -122,6 +123,9 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 	}
 	defer s.mu.Unlock()
 
+	if !s.current(op) {
+		return ApplyResult{}, ErrSubscriptionChanged
+	}
 	if res, ok, err := s.replay(op); ok || err != nil {
 		return res, err
 	}
@@ -154,6 +158,23 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 	}
 	return res, nil
 }
+
+// current reports whether op was judged against the subscription stored
+// (Op, step 0).
+func (s *MemoryStore) current(op *Op) bool {
+	if op.Version == 0 {
+		return true
+	}
+	sub, ok := s.subs[op.Record.Subject]
+	if op.Version == VersionNone {
+		return !ok
+	}
+	return ok && sub.Version == op.Version
+}
+
+// Versioned implements Versioned: MemoryStore keeps Subscription.Version
+// and honours Op.Version.
+func (*MemoryStore) Versioned() bool { return true }
 
 // replay returns the first outcome of op's key, if it has one.
 func (s *MemoryStore) replay(op *Op) (ApplyResult, bool, error) {

@@ -245,12 +245,12 @@ func subscribeOverrides(t *testing.T, e *env, q *quota.Quota, subj string, ancho
 	if err != nil {
 		t.Fatalf("Store.GetSubscription(%q) = %v", subj, err)
 	}
-	if diff := cmp.Diff(want, got, cmpTime, cmpEmpty); diff != "" {
+	if diff := cmp.Diff(want, got, cmpTime, cmpEmpty, anyVersion); diff != "" {
 		t.Errorf("Store.GetSubscription after Subscribe (-want +got):\n%s", diff)
 	}
 	if got, err := q.Subscription(e.ctx, subj); err != nil {
 		t.Errorf("Subscription(%q) = %v", subj, err)
-	} else if diff := cmp.Diff(want, got, cmpTime, cmpEmpty); diff != "" {
+	} else if diff := cmp.Diff(want, got, cmpTime, cmpEmpty, anyVersion); diff != "" {
 		t.Errorf("Subscription after Subscribe (-want +got):\n%s", diff)
 	}
 }
@@ -283,7 +283,7 @@ func resubscribe(t *testing.T, e *env, q *quota.Quota, subj string, anchor time.
 	want := quota.Subscription{Subject: subj, Plan: "PRO", Anchor: anchor.UTC()}
 	if got, err := e.store.GetSubscription(e.ctx, subj); err != nil {
 		t.Errorf("Store.GetSubscription = %v", err)
-	} else if diff := cmp.Diff(want, got, cmpTime, cmpEmpty); diff != "" {
+	} else if diff := cmp.Diff(want, got, cmpTime, cmpEmpty, anyVersion); diff != "" {
 		t.Errorf("Store.GetSubscription after a second Subscribe (-want +got):\n%s", diff)
 	}
 	if d := check(t, e.ctx, q, quota.Use{Subject: subj, Action: "a", Amount: 8}); !d.Allowed || d.Limit != 1000 {
