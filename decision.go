@@ -1,6 +1,10 @@
 package quota
 
 import (
+	"encoding/json"
+	"fmt"
+	"iter"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -95,6 +99,82 @@ type LimitStatus struct {
 	ResetAt time.Time `json:"reset_at,omitzero"`
 }
 
+// LimitStatuses is the status of every limit of an action, in period
+// order (an allocation limit alone): Decision.Limits. It holds at most
+// MaxLimits of them in place, not in a slice, so that a Decision costs
+// no allocation; it is a plain value, copied with its Decision. The zero
+// value holds none. Its JSON form is that of a []LimitStatus: an array,
+// [] for none. Build one with LimitStatusesOf.
+type LimitStatuses struct {
+	n  int
+	st [MaxLimits]LimitStatus
+}
+
+// LimitStatusesOf returns the statuses st, in their order. It panics if
+// there are more than MaxLimits.
+func LimitStatusesOf(st ...LimitStatus) LimitStatuses {
+	if len(st) > MaxLimits {
+		panic("quota: LimitStatusesOf: " + strconv.Itoa(len(st)) + " statuses, more than MaxLimits")
+	}
+	var s LimitStatuses
+	s.n = copy(s.st[:], st)
+	return s
+}
+
+// Len returns the number of statuses.
+func (s LimitStatuses) Len() int { return s.n }
+
+// At returns the status i. It panics if i is not in [0, Len()).
+func (s LimitStatuses) At(i int) LimitStatus { return s.st[:s.n][i] }
+
+// All returns an iterator over the statuses and their indexes, in order:
+//
+//	for i, st := range d.Limits.All() { ... }
+func (s LimitStatuses) All() iter.Seq2[int, LimitStatus] {
+	return func(yield func(int, LimitStatus) bool) {
+		for i, st := range s.st[:s.n] {
+			if !yield(i, st) {
+				return
+			}
+		}
+	}
+}
+
+// AsSlice returns the statuses in a new slice, which is the caller's.
+func (s LimitStatuses) AsSlice() []LimitStatus { return slices.Clone(s.st[:s.n]) }
+
+// Equal reports whether s and o hold the same statuses, their times
+// compared as instants (time.Time.Equal).
+func (s LimitStatuses) Equal(o LimitStatuses) bool {
+	return slices.EqualFunc(s.st[:s.n], o.st[:o.n], func(a, b LimitStatus) bool {
+		if !a.PeriodStart.Equal(b.PeriodStart) || !a.ResetAt.Equal(b.ResetAt) {
+			return false
+		}
+		a.PeriodStart, a.ResetAt, b.PeriodStart, b.ResetAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+		return a == b
+	})
+}
+
+// String formats the statuses as fmt formats a []LimitStatus.
+func (s LimitStatuses) String() string { return fmt.Sprint(s.st[:s.n]) }
+
+// MarshalJSON implements json.Marshaler: an array of LimitStatus.
+func (s LimitStatuses) MarshalJSON() ([]byte, error) { return json.Marshal(s.st[:s.n]) }
+
+// UnmarshalJSON implements json.Unmarshaler: an array of at most
+// MaxLimits LimitStatus, or null for none.
+func (s *LimitStatuses) UnmarshalJSON(b []byte) error {
+	var st []LimitStatus
+	if err := json.Unmarshal(b, &st); err != nil {
+		return err
+	}
+	if len(st) > MaxLimits {
+		return errorf("%d limit statuses, more than %d", len(st), MaxLimits)
+	}
+	*s = LimitStatusesOf(st...)
+	return nil
+}
+
 // Decision is the answer to a use. Its embedded LimitStatus describes the
 // limit that decided: the one that refused a denied use, or the most used
 // one of an allowed use. Limits holds every limit of the action.
@@ -109,7 +189,7 @@ type Decision struct {
 	Plan    string `json:"plan"`
 	Amount  int64  `json:"amount"`
 	LimitStatus
-	Limits []LimitStatus `json:"limits"`
+	Limits LimitStatuses `json:"limits"`
 	// RecordID is the ledger record written, when one was.
 	RecordID int64 `json:"record_id,omitempty"`
 	// Replayed reports that the use repeated an idempotency key: the
@@ -143,10 +223,10 @@ func (d Decision) RetryAfter(now time.Time) time.Duration {
 	return (wait + time.Second - 1).Truncate(time.Second)
 }
 
-func denyPerUse(d Decision, i int) Decision {
+// denyPerUse turns d into a denial by the per-use cap of its limit i.
+func denyPerUse(d *Decision, i int) {
 	d.Allowed, d.Reason = false, ReasonPerUse
-	d.LimitStatus = d.Limits[i]
-	return d
+	d.LimitStatus = d.Limits.st[i]
 }
 
 // decide fills d with the decision for p from the counters. With evaluate
@@ -159,12 +239,12 @@ func (q *Quota) decide(d *Decision, p *prepared, cs []Counter, evaluate bool) {
 		Action:  p.u.Action,
 		Plan:    p.sub.plan.Name,
 		Amount:  p.u.Amount,
-		Limits:  make([]LimitStatus, len(p.limits)),
 	}
+	d.Limits.n = len(p.limits)
 	decisive := -1
 	for i, l := range p.limits {
 		c := &cs[i]
-		st := &d.Limits[i]
+		st := &d.Limits.st[i]
 		q.setStatus(st, l, c.Used+c.Held, &p.counters[i])
 		if !evaluate {
 			continue
@@ -182,14 +262,21 @@ func (q *Quota) decide(d *Decision, p *prepared, cs []Counter, evaluate bool) {
 			d.Reason = ReasonBelowZero
 		}
 	} else {
-		decisive = 0
-		for i := range d.Limits {
-			if d.Limits[i].Percent > d.Limits[decisive].Percent {
-				decisive = i
-			}
+		decisive = mostUsed(d.Limits.st[:d.Limits.n])
+	}
+	d.LimitStatus = d.Limits.st[decisive]
+}
+
+// mostUsed returns the index of the first of sts with the highest
+// Percent; 0 for none.
+func mostUsed(sts []LimitStatus) int {
+	best := 0
+	for i := range sts {
+		if sts[i].Percent > sts[best].Percent {
+			best = i
 		}
 	}
-	d.LimitStatus = d.Limits[decisive]
+	return best
 }
 
 func (q *Quota) setStatus(st *LimitStatus, l Limit, used int64, c *CounterOp) {
@@ -234,7 +321,6 @@ func denyFeature(p *prepared) Decision {
 		Plan:    p.sub.plan.Name,
 		Amount:  p.u.Amount,
 		Feature: p.missing,
-		Limits:  []LimitStatus{},
 	}
 }
 
@@ -249,21 +335,17 @@ func (q *Quota) replayed(d *Decision, p *prepared, res *ApplyResult) {
 		Plan:     p.sub.plan.Name,
 		Amount:   p.u.Amount,
 		RecordID: res.RecordID,
-		Limits:   make([]LimitStatus, len(res.Counters)),
 	}
-	best := 0
+	d.Limits.n = len(res.Counters) // at most MaxLimits: see applyHold
 	for i, c := range res.Counters {
 		l := Limit{Max: c.Max, Period: c.Period}
 		if i < len(p.limits) && p.limits[i].Period == c.Period && p.limits[i].Max == c.Max {
 			l.MaxPerUse = p.limits[i].MaxPerUse
 		}
 		co := CounterOp{CounterKey: c.CounterKey, End: c.End}
-		q.setStatus(&d.Limits[i], l, c.Used+c.Held, &co)
-		if d.Limits[i].Percent > d.Limits[best].Percent {
-			best = i
-		}
+		q.setStatus(&d.Limits.st[i], l, c.Used+c.Held, &co)
 	}
-	if len(d.Limits) > 0 {
-		d.LimitStatus = d.Limits[best]
+	if d.Limits.n > 0 {
+		d.LimitStatus = d.Limits.st[mostUsed(d.Limits.st[:d.Limits.n])]
 	}
 }

@@ -89,9 +89,9 @@
 // and the two stores: MemoryStore and SQLStore.
 //
 // Store authors implement Store, and optionally Summer, Ranker, Pruner,
-// Outbox and Sweeper; they meet Op, CounterOp, CounterKey, Counter,
-// Crossing, Hold, ApplyResult, Notice, RecordQuery, SumQuery and Sum, and
-// may call Admit, the admission rule. Package quotatest is the
+// Outbox, Sweeper and Versioned; they meet Op, CounterOp, CounterKey,
+// Counter, Crossing, Hold, ApplyResult, Notice, RecordQuery, SumQuery,
+// Sum and VersionNone, and may call Admit, the admission rule. Package quotatest is the
 // conformance suite every store passes.
 //
 // # Stores

@@ -80,6 +80,14 @@ var (
 	// reservation expired. The held amount no longer counts.
 	ErrReservationExpired = errors.New("quota: reservation expired")
 
+	// ErrSubscriptionChanged is returned by the Apply of a Versioned
+	// store when the subject's subscription is no longer the one that
+	// Op.Version names; nothing was written. The Quota answers it by
+	// reading the subscription again and retrying the use: a caller of
+	// Consume, Track or Reserve sees it only when the subscription
+	// changed under the use at every one of 3 retries.
+	ErrSubscriptionChanged = errors.New("quota: subscription changed")
+
 	// ErrInvalidCursor reports a History cursor that no Page returned.
 	ErrInvalidCursor = errors.New("quota: invalid cursor")
 

@@ -62,7 +62,7 @@ func (m *middleware) setHeaders(h http.Header, d Decision, now time.Time) {
 // HeaderRateLimit for d's limits that are not Unlimited; "" when all are.
 func rateLimitFields(d Decision, now time.Time, bodyBytes bool) (policy, limit string) {
 	var p, l strings.Builder
-	for _, st := range d.Limits {
+	for _, st := range d.Limits.All() {
 		if st.Limit == Unlimited {
 			continue
 		}

@@ -388,7 +388,7 @@ func (m *middleware) admit(w http.ResponseWriter, r *http.Request, res *Reservat
 // true when a limit has nothing left: a body of unknown length is then
 // refused for that limit, whatever its size.
 func fullLimit(d Decision) (Decision, bool) {
-	for _, l := range d.Limits {
+	for _, l := range d.Limits.All() {
 		if l.Limit != Unlimited && l.Remaining == 0 {
 			d.LimitStatus, d.Amount = l, 1
 			return d, true
@@ -399,7 +399,7 @@ func fullLimit(d Decision) (Decision, bool) {
 
 // hasCap reports whether a limit of d has a per-use cap.
 func hasCap(d Decision) bool {
-	for _, l := range d.Limits {
+	for _, l := range d.Limits.All() {
 		if l.MaxPerUse > 0 {
 			return true
 		}

@@ -140,5 +140,10 @@ func (q *Quota) logError(err error) {
 // still have been applied: a failure of the store or a cancelled context,
 // not one of the store's answers.
 func mayHaveApplied(err error) bool {
-	return !errors.Is(err, ErrIdempotencyConflict) && !errors.Is(err, ErrOverflow) && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrNoSubscription)
+	for _, answer := range []error{ErrIdempotencyConflict, ErrOverflow, ErrClosed, ErrNoSubscription, ErrSubscriptionChanged} {
+		if errors.Is(err, answer) {
+			return false
+		}
+	}
+	return true
 }

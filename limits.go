@@ -17,6 +17,10 @@ const Unlimited int64 = -1
 // and as a float64, and leaves room for counters to grow without overflow.
 const MaxAmount int64 = 1 << 53
 
+// MaxLimits is the most limits an action may carry: one per period
+// (hour, day, week, month, year), or an allocation limit alone.
+const MaxLimits = 5
+
 // maxLimit bounds Max, so that a counter at Max can still take MaxAmount.
 const maxLimit int64 = 1 << 62
 
@@ -117,9 +121,10 @@ type Plan struct {
 
 	// Limits maps an action to the limits that apply to it. A use is
 	// granted only if every limit of its action allows it, and then every
-	// one is charged. An action may carry at most one limit per period.
-	// An action that another plan of the catalog limits but this one does
-	// not list is blocked on this plan (as if limited to 0).
+	// one is charged. An action may carry at most one limit per period,
+	// and an allocation limit only alone: at most MaxLimits. An action
+	// that another plan of the catalog limits but this one does not list
+	// is blocked on this plan (as if limited to 0).
 	Limits map[string][]Limit `json:"limits" yaml:"limits"`
 
 	// Features lists the features the plan grants: "api_access".

@@ -754,7 +754,7 @@ func normStatuses(ls []quota.LimitStatus) []quota.LimitStatus {
 
 func normDecision(d quota.Decision) quota.Decision {
 	d.LimitStatus = normStatus(d.LimitStatus)
-	d.Limits = normStatuses(d.Limits)
+	d.Limits = quota.LimitStatusesOf(normStatuses(d.Limits.AsSlice())...)
 	return d
 }
 
@@ -864,10 +864,11 @@ func describe(d quota.Decision) string {
 // first use.
 func withoutPerUse(d quota.Decision) quota.Decision {
 	d.MaxPerUse = 0
-	d.Limits = slices.Clone(d.Limits)
-	for i := range d.Limits {
-		d.Limits[i].MaxPerUse = 0
+	ls := d.Limits.AsSlice()
+	for i := range ls {
+		ls[i].MaxPerUse = 0
 	}
+	d.Limits = quota.LimitStatusesOf(ls...)
 	return d
 }
 
@@ -1112,18 +1113,18 @@ func (m *model) expectUse(mode string, u quota.Use, meta int) useExpect {
 	if mode != "track" && u.Amount > 0 {
 		if missing != "" {
 			d := base
-			d.Reason, d.Feature, d.Limits = quota.ReasonFeature, missing, []quota.LimitStatus{}
+			d.Reason, d.Feature = quota.ReasonFeature, missing
 			return useExpect{dec: d}
 		}
 		if capped >= 0 {
 			d := base
-			d.Reason, d.Limits, d.LimitStatus = quota.ReasonPerUse, before, before[capped]
+			d.Reason, d.Limits, d.LimitStatus = quota.ReasonPerUse, quota.LimitStatusesOf(before...), before[capped]
 			return useExpect{dec: d}
 		}
 	}
 	d := base
 	if refusing >= 0 {
-		d.Reason, d.Limits, d.LimitStatus = quota.ReasonLimit, before, before[refusing]
+		d.Reason, d.Limits, d.LimitStatus = quota.ReasonLimit, quota.LimitStatusesOf(before...), before[refusing]
 		if u.Amount < 0 {
 			d.Reason = quota.ReasonBelowZero
 		}
@@ -1131,10 +1132,10 @@ func (m *model) expectUse(mode string, u quota.Use, meta int) useExpect {
 	}
 	d.Allowed = true
 	if mode == "check" {
-		d.Limits, d.LimitStatus = before, before[mostUsed(before)]
+		d.Limits, d.LimitStatus = quota.LimitStatusesOf(before...), before[mostUsed(before)]
 		return useExpect{dec: d}
 	}
-	d.Limits, d.LimitStatus = after, after[mostUsed(after)]
+	d.Limits, d.LimitStatus = quota.LimitStatusesOf(after...), after[mostUsed(after)]
 	return useExpect{dec: d, apply: true, counters: counters}
 }
 

@@ -161,15 +161,17 @@ type Use struct {
 // Quota enforces a catalog of plans over a Store. It is safe for concurrent
 // use. Build one with New.
 type Quota struct {
-	store   guardedStore
-	plans   map[string]*Plan
-	actions map[string]bool
-	def     string
-	now     func() time.Time
-	ttl     time.Duration
-	levels  Thresholds
-	locs    sync.Map // time zone name -> *time.Location
-	windows windowCache
+	store guardedStore
+	// versioned is store.Versioned(): uses carry Op.Version.
+	versioned bool
+	plans     map[string]*Plan
+	actions   map[string]bool
+	def       string
+	now       func() time.Time
+	ttl       time.Duration
+	levels    Thresholds
+	locs      sync.Map // time zone name -> *time.Location
+	windows   windowCache
 	// markCache holds the CounterOp.Marks of each limit (see marks).
 	markCache sync.Map
 
@@ -228,6 +230,7 @@ func New(store Store, cfg Config) (*Quota, error) {
 	if t := q.levels; !(t.Warning > 0 && t.Warning <= t.Critical && t.Critical <= t.Exceeded) {
 		return nil, errorf("new: thresholds %v: want 0 < warning <= critical <= exceeded", t)
 	}
+	q.versioned = q.store.Versioned()
 	q.log = cfg.Logger
 	q.setObserver(cfg.Observer)
 	if cfg.Notify != nil {
@@ -341,18 +344,32 @@ func (q *Quota) prepare(ctx context.Context, u Use, m mode, p *prepared, buf []C
 	if err != nil {
 		return err
 	}
+	return p.judge(sub, buf)
+}
+
+// judge sets p under the subscription sub: its limits, the amount, the
+// feature it lacks and its counters, computed into buf. It may be called
+// again with another subscription.
+func (p *prepared) judge(sub subscriber, buf []CounterOp) error {
+	u := &p.u
 	p.sub = sub
 	p.limits = sub.limits(u.Action)
-	if &p.limits[0] == &blocked[0] && !q.actions[u.Action] {
+	if &p.limits[0] == &blocked[0] && !sub.q.actions[u.Action] {
 		return fmt.Errorf("%q: %w", u.Action, ErrUnknownAction)
 	}
-	if u.Amount < 0 && !p.limits[0].IsAllocation() {
-		return fmt.Errorf("%w: %d: %q has no allocation limit to release", ErrInvalidAmount, u.Amount, u.Action)
+	if len(p.limits) > MaxLimits {
+		// Only a subscription written to the store directly, not by
+		// Subscribe, can hold such overrides.
+		return fmt.Errorf("%w: %d limits of %q, more than %d", ErrInvalidSubscription, len(p.limits), u.Action, MaxLimits)
 	}
+	if p.requested < 0 && !p.limits[0].IsAllocation() {
+		return fmt.Errorf("%w: %d: %q has no allocation limit to release", ErrInvalidAmount, p.requested, u.Action)
+	}
+	u.Amount = p.requested
 	if u.UpToCap {
 		// The fingerprint keeps the amount asked for: a replay under a
 		// plan with another cap is still the same use.
-		p.u.Amount = upToCap(p.u.Amount, p.limits)
+		u.Amount = upToCap(u.Amount, p.limits)
 	}
 	p.missing = missingFeature(sub.plan, u.Features)
 	p.counters = sub.appendCounters(buf, u.Action, p.limits, p.now)
@@ -546,7 +563,8 @@ func (q *Quota) Check(ctx context.Context, u Use) (dec Decision, err error) {
 		if i := p.perUseExceeded(); i >= 0 {
 			var d Decision
 			q.decide(&d, &p, cs, false)
-			return denyPerUse(d, i), nil
+			denyPerUse(&d, i)
+			return d, nil
 		}
 	}
 	var d Decision
@@ -608,12 +626,37 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (_ *H
 	if err := q.prepare(ctx, u, m, &p, b.counters[:0]); err != nil {
 		return nil, errorf("%s: %w", modeNames[m], err)
 	}
+	for retry := 0; ; retry++ {
+		h, err := q.applyPrepared(ctx, m, &p, b, d)
+		if err == nil || retry == maxSubscriptionRetries || !errors.Is(err, ErrSubscriptionChanged) {
+			return h, err
+		}
+		// The subscription changed after it was read: judge the use
+		// again under the one stored now.
+		sub, err := q.resolve(ctx, u.Subject, p.now)
+		if err == nil {
+			err = p.judge(sub, b.counters[:0])
+		}
+		if err != nil {
+			return nil, errorf("%s: %w", modeNames[m], err)
+		}
+	}
+}
+
+// maxSubscriptionRetries is how many times a use is judged again after
+// the store refused it with ErrSubscriptionChanged.
+const maxSubscriptionRetries = 3
+
+// applyPrepared applies p, with the Op of b, and fills d with the
+// decision. It returns the hold created, if any.
+func (q *Quota) applyPrepared(ctx context.Context, m mode, p *prepared, b *opBuf, d *Decision) (*Hold, error) {
+	u := &p.u
 	refusal, capIndex := p.refusal(m)
 	if refusal == ReasonFeature && u.Key == "" {
-		*d = denyFeature(&p)
+		*d = denyFeature(p)
 		return nil, nil
 	}
-	op := q.op(&b.op, &p, m, refusal)
+	op := q.op(&b.op, p, m, refusal, b.results[:0])
 	res, err := q.store.Apply(ctx, op)
 	if err != nil && op.Hold != nil && mayHaveApplied(err) {
 		// The store may have applied the hold before the failure
@@ -627,7 +670,10 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (_ *H
 		return nil, errorf("%s %q %q: %w", modeNames[m], u.Subject, u.Action, err)
 	}
 	if res.Replayed {
-		q.replayed(d, &p, &res)
+		if len(res.Counters) > MaxLimits {
+			return nil, errorf("%s %q %q: store returned %d counters for a replay, more than %d", modeNames[m], u.Subject, u.Action, len(res.Counters), MaxLimits)
+		}
+		q.replayed(d, p, &res)
 		var h *Hold
 		if res.HoldID != "" {
 			h = &Hold{ID: res.HoldID, ExpiresAt: res.HoldExpiresAt}
@@ -637,7 +683,7 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (_ *H
 	if len(res.Counters) != len(p.counters) {
 		return nil, errorf("%s %q %q: store returned %d counters for %d", modeNames[m], u.Subject, u.Action, len(res.Counters), len(p.counters))
 	}
-	if !q.outcome(d, &p, &res, refusal, capIndex) {
+	if !q.outcome(d, p, &res, refusal, capIndex) {
 		return nil, nil
 	}
 	q.notify(&res)
@@ -660,12 +706,13 @@ func (p *prepared) refusal(m mode) (Reason, int) {
 	return ReasonNone, -1
 }
 
-// op fills op, from the pool, with the use p in mode m. A use that
-// policy refuses still goes to the store when it has a key, so that a
-// replay returns the first outcome whatever the plan is now: with every
-// Max at 0 the store refuses it otherwise, and returns the counters for
-// the denial's figures.
-func (q *Quota) op(op *Op, p *prepared, m mode, refusal Reason) *Op {
+// op fills op, from the pool, with the use p in mode m, and lends dst
+// for the store's answer (Op.Dst). A use that policy refuses still goes
+// to the store when it has a key, so that a replay returns the first
+// outcome whatever the plan is now: with every Max at 0 the store
+// refuses it otherwise, and returns the counters for the denial's
+// figures.
+func (q *Quota) op(op *Op, p *prepared, m mode, refusal Reason, dst []Counter) *Op {
 	if refusal != ReasonNone {
 		for i := range p.counters {
 			p.counters[i].Max = 0
@@ -683,7 +730,9 @@ func (q *Quota) op(op *Op, p *prepared, m mode, refusal Reason) *Op {
 			Time:       p.now.UTC(),
 		},
 		Enforce: m != modeTrack,
+		Version: p.sub.version,
 		Now:     p.now,
+		Dst:     dst,
 	}
 	if p.u.Key != "" {
 		op.Fingerprint = p.fingerprint(m)
@@ -706,7 +755,7 @@ func (q *Quota) outcome(d *Decision, p *prepared, res *ApplyResult, refusal Reas
 			p.counters[i].Max = p.limits[i].Max
 		}
 		q.decide(d, p, res.Counters, false)
-		*d = denyPerUse(*d, capIndex)
+		denyPerUse(d, capIndex)
 		return false
 	case !res.Applied:
 		q.decide(d, p, res.Counters, true)
@@ -725,10 +774,12 @@ func (q *Quota) outcome(d *Decision, p *prepared, res *ApplyResult, refusal Reas
 	return true
 }
 
-// opBuf holds an Op and room for the counters of up to four limits.
+// opBuf holds an Op and room for the counters of an action's limits, and
+// for the store's answer (Op.Dst).
 type opBuf struct {
 	op       Op
-	counters [4]CounterOp
+	counters [MaxLimits]CounterOp
+	results  [MaxLimits]Counter
 }
 
 var opPool = sync.Pool{New: func() any { return new(opBuf) }}
@@ -737,6 +788,7 @@ var opPool = sync.Pool{New: func() any { return new(opBuf) }}
 // to the pool.
 func (b *opBuf) release() {
 	clear(b.op.Counters)
+	clear(b.results[:])
 	b.op = Op{}
 	opPool.Put(b)
 }

@@ -153,7 +153,7 @@ func TestSeveralLimitsAreChargedTogether(t *testing.T) {
 	}
 	want := []int64{1, 3}
 	var got []int64
-	for _, l := range d.Limits {
+	for _, l := range d.Limits.All() {
 		got = append(got, l.Used)
 	}
 	if diff := cmp.Diff(want, got); diff != "" {

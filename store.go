@@ -18,14 +18,18 @@ import (
 //
 // A Store may also implement Summer, Ranker and Pruner, which the Quota
 // uses when present: analytics computed by the store (in SQL, on its
-// indexes) rather than by the Quota from Records, and retention.
+// indexes) rather than by the Quota from Records, and retention. A
+// Versioned store keeps the version of each subscription and applies a
+// use only if the subscription it was judged against is still the one
+// stored (see Versioned).
 //
 // The package quotatest holds a conformance suite that every Store must
 // pass.
 //
 // Store and the types of its methods (Op, CounterOp, CounterKey, Counter,
 // Crossing, Hold, ApplyResult, RecordQuery, SumQuery, Sum) are for store
-// authors; an application only passes a Store to New.
+// authors, as are Versioned and VersionNone; an application only passes a
+// Store to New.
 type Store interface {
 	// Apply performs op in one atomic step (see Op) and reports what
 	// happened. A refusal (a counter would pass its Max or drop below
@@ -176,6 +180,12 @@ type Outbox interface {
 // Op is one use, as the Quota hands it to Store.Apply. Apply performs,
 // atomically:
 //
+//  0. If Version is not 0 (the Quota sets it only for a Versioned store):
+//     with VersionNone, unless Record.Subject has no stored subscription;
+//     otherwise, unless Record.Subject has a stored subscription whose
+//     Subscription.Version is Version, it returns an error matching
+//     ErrSubscriptionChanged and writes nothing. This check comes before
+//     the key is looked up: a replay is refused too.
 //  1. If Record.Key is not empty and an applied use of Record.Subject
 //     already carried that key: when Fingerprint differs it returns an
 //     error matching ErrIdempotencyConflict; otherwise it returns the
@@ -218,9 +228,49 @@ type Op struct {
 	// Fingerprint identifies the payload of a keyed use; two uses with
 	// the same key and fingerprint are the same use.
 	Fingerprint string
+	// Version, when not 0, is the Subscription.Version of the
+	// subscription that the Quota judged the use against, or
+	// VersionNone when it judged it against its default plan because
+	// the subject had no subscription: Apply applies the use only if
+	// that is still so (step 0). 0 checks nothing.
+	Version int64
 	// Now is the time of the operation; holds expiring at or before Now
 	// no longer count.
 	Now time.Time
+	// Dst is room that the caller lends for ApplyResult.Counters, with
+	// a capacity of at least len(Counters): Apply may return the
+	// counters in Dst[:len(Counters)] instead of a slice of its own,
+	// which spares an allocation per use. A store that ignores Dst is
+	// correct too. Like the rest of op, Dst is not the store's to keep.
+	Dst []Counter
+}
+
+// VersionNone is the Op.Version of a use judged against the Quota's
+// default plan: the store applies it only if the subject has no stored
+// subscription.
+const VersionNone int64 = -1
+
+// Versioned is a Store that keeps the version of every subscription and
+// checks it as it applies a use.
+//
+// The Quota writes every subscription (Subscribe, SchedulePlan) with a
+// new random positive Subscription.Version. A Versioned store keeps the
+// Version that PutSubscription received and returns it unchanged from
+// GetSubscription, and honours Op.Version (Op, step 0): in the same
+// atomic step as the use, it refuses with ErrSubscriptionChanged a use
+// judged against a subscription that is no longer the one stored. The
+// Quota then reads the subscription again and judges the use again.
+//
+// A subscription stored with Version 0 (written directly through
+// PutSubscription, or before the store kept versions) is not checked:
+// uses judged against it carry Op.Version 0. A Store that is not
+// Versioned is read for the subscription of every use, and gets
+// Op.Version 0 always.
+type Versioned interface {
+	// Versioned reports whether the store keeps Subscription.Version
+	// and honours Op.Version. A Store that wraps another reports what
+	// the one it wraps does.
+	Versioned() bool
 }
 
 // Hold describes a reservation to create.
@@ -238,7 +288,7 @@ type ApplyResult struct {
 	Replayed bool
 	// Counters holds the counters in Op order: after the use when it was
 	// applied (or first applied, when replayed), as they stand when it
-	// was refused.
+	// was refused. It may be the memory of Op.Dst.
 	Counters []Counter
 	// RecordID is the ID of the record written, when one was.
 	RecordID int64

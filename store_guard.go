@@ -51,7 +51,8 @@ func (g guardedStore) bound(ctx context.Context) (context.Context, context.Cance
 var contractErrors = []error{
 	ErrClosed, ErrIdempotencyConflict, ErrReservationNotFound, ErrReservationExpired,
 	ErrOverflow, ErrNoSubscription, ErrInvalidAmount, ErrInvalidSubject, ErrInvalidAction,
-	ErrInvalidKey, ErrInvalidName, ErrInvalidMetadata, ErrInvalidSubscription, errors.ErrUnsupported,
+	ErrInvalidKey, ErrInvalidName, ErrInvalidMetadata, ErrInvalidSubscription, ErrSubscriptionChanged,
+	errors.ErrUnsupported,
 }
 
 // fail classifies err, returned by a call made with the caller's ctx: the
@@ -67,6 +68,13 @@ func (g guardedStore) fail(ctx context.Context, err error) error {
 		}
 	}
 	return wrapf("%w: %w", ErrStoreUnavailable, err)
+}
+
+// Versioned reports whether the store is Versioned and honours
+// Op.Version: a guardedStore is, exactly when its store is.
+func (g guardedStore) Versioned() bool {
+	v, ok := g.Store.(Versioned)
+	return ok && v.Versioned()
 }
 
 func (g guardedStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {

@@ -10,12 +10,13 @@ import (
 )
 
 var (
-	_ Store   = (*MemoryStore)(nil)
-	_ Summer  = (*MemoryStore)(nil)
-	_ Ranker  = (*MemoryStore)(nil)
-	_ Pruner  = (*MemoryStore)(nil)
-	_ Outbox  = (*MemoryStore)(nil)
-	_ Sweeper = (*MemoryStore)(nil)
+	_ Store     = (*MemoryStore)(nil)
+	_ Summer    = (*MemoryStore)(nil)
+	_ Ranker    = (*MemoryStore)(nil)
+	_ Pruner    = (*MemoryStore)(nil)
+	_ Outbox    = (*MemoryStore)(nil)
+	_ Sweeper   = (*MemoryStore)(nil)
+	_ Versioned = (*MemoryStore)(nil)
 )
 
 // MemoryStore is a Store that keeps everything in memory, for tests and
@@ -122,6 +123,9 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 	}
 	defer s.mu.Unlock()
 
+	if !s.current(op) {
+		return ApplyResult{}, ErrSubscriptionChanged
+	}
 	if res, ok, err := s.replay(op); ok || err != nil {
 		return res, err
 	}
@@ -155,6 +159,23 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 	return res, nil
 }
 
+// current reports whether op was judged against the subscription stored
+// (Op, step 0).
+func (s *MemoryStore) current(op *Op) bool {
+	if op.Version == 0 {
+		return true
+	}
+	sub, ok := s.subs[op.Record.Subject]
+	if op.Version == VersionNone {
+		return !ok
+	}
+	return ok && sub.Version == op.Version
+}
+
+// Versioned implements Versioned: MemoryStore keeps Subscription.Version
+// and honours Op.Version.
+func (*MemoryStore) Versioned() bool { return true }
+
 // replay returns the first outcome of op's key, if it has one.
 func (s *MemoryStore) replay(op *Op) (ApplyResult, bool, error) {
 	r := &op.Record
@@ -168,13 +189,17 @@ func (s *MemoryStore) replay(op *Op) (ApplyResult, bool, error) {
 	if o.fingerprint != op.Fingerprint {
 		return ApplyResult{}, false, ErrIdempotencyConflict
 	}
-	return ApplyResult{Applied: true, Replayed: true, Counters: append([]Counter(nil), o.counters...), RecordID: o.recordID, HoldID: o.holdID, HoldExpiresAt: o.holdExpires}, true, nil
+	return ApplyResult{Applied: true, Replayed: true, Counters: append(op.Dst[:0], o.counters...), RecordID: o.recordID, HoldID: o.holdID, HoldExpiresAt: o.holdExpires}, true, nil
 }
 
 // read returns op's counters (nil for those never written) appended to
-// cs, and their figures as they stand.
+// cs, and their figures as they stand, in op.Dst when it has room.
 func (s *MemoryStore) read(op *Op, cs []*memCounter) ([]*memCounter, []Counter) {
-	out := make([]Counter, len(op.Counters))
+	out := op.Dst[:0]
+	if cap(out) < len(op.Counters) {
+		out = make([]Counter, 0, len(op.Counters))
+	}
+	out = out[:len(op.Counters)]
 	for i, co := range op.Counters {
 		c := s.counters[co.CounterKey]
 		cs = append(cs, c)

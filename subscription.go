@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -31,6 +33,13 @@ type Subscription struct {
 	// scheduled by SchedulePlan.
 	NextPlan   string    `json:"next_plan,omitempty"`
 	NextPlanAt time.Time `json:"next_plan_at,omitzero"`
+	// Version identifies this state of the subscription in its store.
+	// The Quota sets a new random positive Version whenever it writes a
+	// subscription (Subscribe, SchedulePlan); a Version passed to
+	// Subscribe is ignored. A store that is not Versioned returns 0.
+	// Version is not part of the JSON form: it belongs to the store's
+	// copy.
+	Version int64 `json:"-"`
 }
 
 func (q *Quota) location(name string) (*time.Location, error) {
@@ -100,7 +109,7 @@ func (q *Quota) Subscribe(ctx context.Context, s Subscription) error {
 		s.Overrides = nil
 	}
 	s.NextPlan, s.NextPlanAt = "", time.Time{}
-	if err := q.store.PutSubscription(ctx, s); err != nil {
+	if err := q.putSubscription(ctx, s); err != nil {
 		return errorf("subscribe %q: %w", s.Subject, err)
 	}
 	return nil
@@ -134,11 +143,21 @@ func (q *Quota) SchedulePlan(ctx context.Context, subject, plan string) (time.Ti
 	}
 	_, at := window(PeriodMonth, now, s.Anchor, loc)
 	s.NextPlan, s.NextPlanAt = plan, at
-	if err := q.store.PutSubscription(ctx, s); err != nil {
+	if err := q.putSubscription(ctx, s); err != nil {
 		return time.Time{}, errorf("schedule plan for %q: %w", subject, err)
 	}
 	return at, nil
 }
+
+// putSubscription writes s with a new Version: every subscription the
+// Quota writes goes through it.
+func (q *Quota) putSubscription(ctx context.Context, s Subscription) error {
+	s.Version = newVersion()
+	return q.store.PutSubscription(ctx, s)
+}
+
+// newVersion returns a random Subscription.Version, from 1 to MaxInt64.
+func newVersion() int64 { return rand.Int64N(math.MaxInt64) + 1 }
 
 // Subscription returns the subscription of subject as stored, or an error
 // matching ErrNoSubscription.
@@ -163,6 +182,10 @@ type subscriber struct {
 	loc     *time.Location
 	windows *windowCache
 	q       *Quota
+	// version is the Op.Version of a use judged against sub: its
+	// Version, or VersionNone for the default plan; 0 over a store that
+	// is not Versioned.
+	version int64
 }
 
 // windowCache remembers recent windows, since computing one takes several
@@ -197,13 +220,19 @@ func (c *windowCache) window(p Period, t, anchor time.Time, loc *time.Location) 
 	return start, end
 }
 
+// resolve reads the subscription of subject and resolves it at now.
 func (q *Quota) resolve(ctx context.Context, subject string, now time.Time) (subscriber, error) {
 	s, err := q.store.GetSubscription(ctx, subject)
+	version := s.Version
 	if errors.Is(err, ErrNoSubscription) && q.def != "" {
 		s, err = Subscription{Subject: subject, Plan: q.def, Anchor: time.Unix(0, 0).UTC()}, nil
+		version = VersionNone
 	}
 	if err != nil {
 		return subscriber{}, err
+	}
+	if !q.versioned {
+		version = 0
 	}
 	name := s.Plan
 	if s.NextPlan != "" && !now.Before(s.NextPlanAt) {
@@ -218,7 +247,7 @@ func (q *Quota) resolve(ctx context.Context, subject string, now time.Time) (sub
 	if err != nil {
 		return subscriber{}, err
 	}
-	return subscriber{sub: s, plan: p, loc: loc, windows: &q.windows, q: q}, nil
+	return subscriber{sub: s, plan: p, loc: loc, windows: &q.windows, q: q, version: version}, nil
 }
 
 // blocked stands for an action that the catalog knows and a plan omits.

@@ -143,8 +143,8 @@ func testTwoLimits(t *testing.T, s *suite) {
 				t.Errorf("%s: a denial decided by the %s limit (%d used of %d); want the %s limit", name, o.d.Period, o.d.Used, o.d.Limit, binding)
 				break
 			}
-			if o.err == nil && o.d.Allowed && len(o.d.Limits) != 2 {
-				t.Errorf("%s: an allowed decision with %d limits; want 2", name, len(o.d.Limits))
+			if o.err == nil && o.d.Allowed && o.d.Limits.Len() != 2 {
+				t.Errorf("%s: an allowed decision with %d limits; want 2", name, o.d.Limits.Len())
 				break
 			}
 		}

@@ -106,7 +106,7 @@ func justifyAllowed(d quota.Decision, a int64) string {
 	if d.Reason != quota.ReasonNone {
 		return fmt.Sprintf("allowed %d with Reason %q", a, d.Reason)
 	}
-	for _, ls := range d.Limits {
+	for _, ls := range d.Limits.All() {
 		if ls.Used < 0 || (ls.Limit != quota.Unlimited && ls.Used > ls.Limit) {
 			return fmt.Sprintf("allowed %d, leaving %d used of a %s limit of %d", a, ls.Used, ls.Period, ls.Limit)
 		}

@@ -55,8 +55,8 @@ func testReplayAfterPlanChange(t *testing.T, s *suite) {
 		if diff := cmp.Diff(periodsOf(first[i].Limits), periodsOf(d.Limits)); diff != "" {
 			t.Errorf("%s: replayed limits are not the first use's (-first +replay):\n%s", c.what, diff)
 		}
-		for j := range min(len(d.Limits), len(first[i].Limits)) {
-			if got, want := d.Limits[j].Used, first[i].Limits[j].Used; got != want {
+		for j := range min(d.Limits.Len(), first[i].Limits.Len()) {
+			if got, want := d.Limits.At(j).Used, first[i].Limits.At(j).Used; got != want {
 				t.Errorf("%s: replayed limit %d used %d; want the first outcome's %d", c.what, j, got, want)
 			}
 		}
@@ -71,9 +71,9 @@ func testReplayAfterPlanChange(t *testing.T, s *suite) {
 }
 
 // periodsOf lists the periods and maxima of limits.
-func periodsOf(ls []quota.LimitStatus) []string {
-	out := make([]string, len(ls))
-	for i, l := range ls {
+func periodsOf(ls quota.LimitStatuses) []string {
+	out := make([]string, ls.Len())
+	for i, l := range ls.All() {
 		out[i] = l.Period.String() + ":" + quota.PerMonth(l.Limit).String()
 	}
 	return out

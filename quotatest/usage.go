@@ -23,7 +23,7 @@ func testTrack(t *testing.T, s *suite) {
 	st := quota.LimitStatus{Period: quota.PeriodMonth, Limit: 5, Used: 6, Remaining: 0, Percent: 120, Level: quota.LevelExceeded,
 		PeriodStart: anchor0, ResetAt: anchor0.AddDate(0, 1, 0)}
 	want := quota.Decision{Allowed: true, Subject: subj, Action: action, Plan: "P", Amount: 3, LimitStatus: st,
-		Limits: []quota.LimitStatus{st}, RecordID: got.RecordID}
+		Limits: quota.LimitStatusesOf(st), RecordID: got.RecordID}
 	if diff := cmp.Diff(want, got, cmpTime); diff != "" || got.RecordID == 0 {
 		t.Errorf("Track(3) with 3 of 5 used (-want +got):\n%s", diff)
 	}
