@@ -85,7 +85,7 @@ var (
 	// Op.Version names; nothing was written. The Quota answers it by
 	// reading the subscription again and retrying the use: a caller of
 	// Consume, Track or Reserve sees it only when the subscription
-	// changed under the use at every one of 3 retries.
+	// changed under the use at every one of 64 retries.
 	ErrSubscriptionChanged = errors.New("quota: subscription changed")
 
 	// ErrInvalidCursor reports a History cursor that no Page returned.

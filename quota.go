@@ -644,8 +644,13 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (_ *H
 }
 
 // maxSubscriptionRetries is how many times a use is judged again after
-// the store refused it with ErrSubscriptionChanged.
-const maxSubscriptionRetries = 3
+// the store refused it with ErrSubscriptionChanged. A retry is refused
+// again only if the subscription changed again between its read and its
+// use. Over a store that batches, a use waits in the queue behind others,
+// so a plan changed as often as the subject's uses complete can refuse a
+// use several times in a row (the conformance suite does that); the bound
+// is for a store that refuses every use.
+const maxSubscriptionRetries = 64
 
 // applyPrepared applies p, with the Op of b, and fills d with the
 // decision. It returns the hold created, if any.

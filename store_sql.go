@@ -30,12 +30,13 @@ import (
 )
 
 var (
-	_ Store   = (*SQLStore)(nil)
-	_ Summer  = (*SQLStore)(nil)
-	_ Ranker  = (*SQLStore)(nil)
-	_ Pruner  = (*SQLStore)(nil)
-	_ Outbox  = (*SQLStore)(nil)
-	_ Sweeper = (*SQLStore)(nil)
+	_ Store     = (*SQLStore)(nil)
+	_ Summer    = (*SQLStore)(nil)
+	_ Ranker    = (*SQLStore)(nil)
+	_ Pruner    = (*SQLStore)(nil)
+	_ Outbox    = (*SQLStore)(nil)
+	_ Sweeper   = (*SQLStore)(nil)
+	_ Versioned = (*SQLStore)(nil)
 )
 
 // sqlMigrations holds the schema migrations, one directory per dialect,
@@ -416,7 +417,7 @@ func (s *SQLStore) writer(ctx context.Context) (done func(), err error) {
 // fail wraps err from operation op. An error caused by the cancellation of
 // ctx becomes ctx.Err(), whatever the driver made of it.
 func (s *SQLStore) fail(ctx context.Context, op string, err error) error {
-	for _, e := range []error{ErrOverflow, ErrIdempotencyConflict, ErrReservationNotFound, ErrReservationExpired, ErrNoSubscription, ErrInvalidAmount, ErrClosed, ErrNilContext, context.Canceled, context.DeadlineExceeded} {
+	for _, e := range []error{ErrOverflow, ErrIdempotencyConflict, ErrReservationNotFound, ErrReservationExpired, ErrNoSubscription, ErrInvalidAmount, ErrSubscriptionChanged, ErrClosed, ErrNilContext, context.Canceled, context.DeadlineExceeded} {
 		if errors.Is(err, e) {
 			return fmt.Errorf("quota: sql %s: %w", op, err)
 		}
@@ -874,7 +875,7 @@ func (s *SQLStore) PutSubscription(ctx context.Context, sub Subscription) error 
 	done, err := s.writer(ctx)
 	if err == nil {
 		_, err = s.q.ExecContext(ctx, s.d.text().putSubscription, sub.Subject, sub.Plan, s.d.tv(sub.Anchor), sub.TimeZone, overrides,
-			nullString(sub.NextPlan), s.tvOrNull(sub.NextPlanAt))
+			nullString(sub.NextPlan), s.tvOrNull(sub.NextPlanAt), sub.Version)
 		done()
 	}
 	if err != nil {
@@ -913,6 +914,11 @@ func checkSubscription(sub Subscription) (overrides any, err error) {
 	return string(b), nil
 }
 
+// Versioned implements Versioned: an SQLStore keeps Subscription.Version
+// and honours Op.Version, in the statement (PostgreSQL) or the
+// transaction (SQLite) of the use.
+func (s *SQLStore) Versioned() bool { return true }
+
 // GetSubscription implements Store.
 func (s *SQLStore) GetSubscription(ctx context.Context, subject string) (Subscription, error) {
 	if err := s.enter(ctx); err != nil {
@@ -923,7 +929,7 @@ func (s *SQLStore) GetSubscription(ctx context.Context, subject string) (Subscri
 	}
 	sub := Subscription{Subject: subject}
 	var overrides, next sql.NullString
-	err := s.q.QueryRowContext(ctx, s.d.text().getSubscription, subject).Scan(&sub.Plan, sqlTime{&sub.Anchor}, &sub.TimeZone, &overrides, &next, sqlTime{&sub.NextPlanAt})
+	err := s.q.QueryRowContext(ctx, s.d.text().getSubscription, subject).Scan(&sub.Plan, sqlTime{&sub.Anchor}, &sub.TimeZone, &overrides, &next, sqlTime{&sub.NextPlanAt}, &sub.Version)
 	if errors.Is(err, sql.ErrNoRows) {
 		err = ErrNoSubscription
 	}

@@ -270,7 +270,7 @@ func (s *SQLStore) run(c *sqlCall) {
 // call's own outcome rather than a failure of the batch: the batch goes
 // on without that call's writes.
 func isOutcome(err error) bool {
-	for _, e := range []error{ErrOverflow, ErrIdempotencyConflict, ErrReservationNotFound, ErrReservationExpired, ErrInvalidAmount} {
+	for _, e := range []error{ErrOverflow, ErrIdempotencyConflict, ErrReservationNotFound, ErrReservationExpired, ErrInvalidAmount, ErrSubscriptionChanged} {
 		if errors.Is(err, e) {
 			return true
 		}

@@ -398,7 +398,8 @@ func TestSQLStoreBatchQueueCancel(t *testing.T) {
 			first <- err
 		}()
 		if b.name == "pg" {
-			waitFor(t, "the first call to wait for the lock", func() bool { return pgWaiting(t, openPGAdmin(t), "quota_apply") > 0 })
+			admin := openPGAdmin(t)
+			waitFor(t, "the first call to wait for the lock", func() bool { return pgWaiting(t, admin, "quota_") > 0 })
 		} else {
 			time.Sleep(100 * time.Millisecond) // the first call waits in busy_timeout
 		}
@@ -537,7 +538,7 @@ func TestSQLStoreBatchConnectionCut(t *testing.T) {
 		_, err := st.Apply(fctx, batchOp("org-0"))
 		first <- err
 	}()
-	waitFor(t, "the first call to wait for the lock", func() bool { return pgWaiting(t, direct, "quota_apply") > 0 })
+	waitFor(t, "the first call to wait for the lock", func() bool { return pgWaiting(t, direct, "quota_use") > 0 })
 	errs := make(chan error, n)
 	for i := range n {
 		go func() {

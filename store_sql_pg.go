@@ -52,11 +52,11 @@ func (*pgDialect) param(n int) string { return "$" + strconv.Itoa(n) }
 func (*pgDialect) transient(err error) bool { return isPGTransient(err) }
 
 var pgText = sqlText{
-	putSubscription: `INSERT INTO quota_subscriptions (subject, plan, anchor, time_zone, overrides, next_plan, next_plan_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+	putSubscription: `INSERT INTO quota_subscriptions (subject, plan, anchor, time_zone, overrides, next_plan, next_plan_at, version)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (subject) DO UPDATE SET plan = excluded.plan, anchor = excluded.anchor, time_zone = excluded.time_zone,
-	overrides = excluded.overrides, next_plan = excluded.next_plan, next_plan_at = excluded.next_plan_at`,
-	getSubscription: `SELECT plan, anchor, time_zone, overrides, next_plan, next_plan_at FROM quota_subscriptions WHERE subject = $1`,
+	overrides = excluded.overrides, next_plan = excluded.next_plan, next_plan_at = excluded.next_plan_at, version = excluded.version`,
+	getSubscription: `SELECT plan, anchor, time_zone, overrides, next_plan, next_plan_at, version FROM quota_subscriptions WHERE subject = $1`,
 	// Sums cast to bigint (sum gives numeric); subjects tie in byte
 	// order, as Go's.
 	top: `SELECT subject, sum(amount)::bigint, sum(n)::bigint FROM (
@@ -83,7 +83,7 @@ func (*pgDialect) text() *sqlText { return &pgText }
 
 const (
 	pgApply = `SELECT o_status, o_record_id, o_hold_id, o_used::text, o_held::text, o_limits::text, o_replay::text, o_action, o_hold_expires, o_crossed::text
-FROM quota_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`
+FROM quota_use($18, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`
 	pgCommit = `SELECT o_status, o_id, o_subject, o_action, o_amount, o_resource_id, o_metadata, o_key, o_time
 FROM quota_commit($1, $2, $3)`
 	pgBatch = `SELECT o_i, o_status, o_record_id, o_hold_id, o_used, o_held, o_limits, o_replay, o_action, o_hold_expires, o_crossed,
@@ -187,7 +187,7 @@ func (d *pgDialect) applyArgs(op *Op) []any {
 	return []any{
 		r.Subject, r.Action, pgTextArray(periods), pgTimeArray(starts), pgTimeArray(ends), pgIntArray(maxes),
 		r.Amount, op.Enforce, d.tv(op.Now), d.tv(r.Time), nullString(r.ResourceID), nullJSON(r.Metadata),
-		nullString(r.Key), fingerprint, holdID, holdExpires, pgIntArray(marks),
+		nullString(r.Key), fingerprint, holdID, holdExpires, pgIntArray(marks), op.Version,
 	}
 }
 
@@ -208,6 +208,8 @@ func (row *pgApplyRow) result(op *Op) (ApplyResult, error) {
 	switch row.status {
 	case "replayed":
 		return replay(op, op.Fingerprint, row.action.String, row.recordID, row.hold, row.holdExp, row.replay)
+	case "stale":
+		return ApplyResult{}, fmt.Errorf("%w: %q", ErrSubscriptionChanged, op.Record.Subject)
 	case "conflict":
 		return ApplyResult{}, fmt.Errorf("%w: key %q of %q", ErrIdempotencyConflict, op.Record.Key, op.Record.Subject)
 	case "applied", "refused", "overflow":
@@ -405,6 +407,7 @@ type pgBatchCall struct {
 	HoldID      *string `json:"h,omitempty"`
 	HoldExpires string  `json:"he,omitempty"`
 	Marks       string  `json:"mk,omitempty"`
+	Version     int64   `json:"v,omitempty"`
 	ID          string  `json:"id,omitempty"`
 }
 
@@ -458,7 +461,7 @@ func (d *pgDialect) batchApply(op *Op) pgBatchCall {
 	call := pgBatchCall{Kind: "apply", Subject: args[0].(string), Action: args[1].(string), Periods: args[2].(string),
 		Starts: args[3].(string), Ends: args[4].(string), Maxes: args[5].(string), Amount: args[6].(int64),
 		Enforce: args[7].(bool), Now: pgTime(op.Now), Time: pgTime(op.Record.Time), ResourceID: str(args[10]),
-		Metadata: str(args[11]), Key: str(args[12]), Fingerprint: str(args[13]), HoldID: str(args[14]), Marks: args[16].(string)}
+		Metadata: str(args[11]), Key: str(args[12]), Fingerprint: str(args[13]), HoldID: str(args[14]), Marks: args[16].(string), Version: op.Version}
 	if op.Hold != nil {
 		call.HoldExpires = pgTime(op.Hold.ExpiresAt)
 	}

@@ -64,11 +64,11 @@ func isSQLiteBusy(err error) bool {
 }
 
 var sqliteText = sqlText{
-	putSubscription: `INSERT INTO quota_subscriptions (subject, plan, anchor, time_zone, overrides, next_plan, next_plan_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+	putSubscription: `INSERT INTO quota_subscriptions (subject, plan, anchor, time_zone, overrides, next_plan, next_plan_at, version)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (subject) DO UPDATE SET plan = excluded.plan, anchor = excluded.anchor, time_zone = excluded.time_zone,
-	overrides = excluded.overrides, next_plan = excluded.next_plan, next_plan_at = excluded.next_plan_at`,
-	getSubscription: `SELECT plan, anchor, time_zone, overrides, next_plan, next_plan_at FROM quota_subscriptions WHERE subject = ?`,
+	overrides = excluded.overrides, next_plan = excluded.next_plan, next_plan_at = excluded.next_plan_at, version = excluded.version`,
+	getSubscription: `SELECT plan, anchor, time_zone, overrides, next_plan, next_plan_at, version FROM quota_subscriptions WHERE subject = ?`,
 	top: `SELECT subject, sum(amount), sum(n) FROM (
 	SELECT subject, amount, 1 AS n FROM quota_records WHERE action = ? AND recorded_at >= ? AND recorded_at < ?
 	UNION ALL
@@ -125,7 +125,8 @@ RETURNING used, ` + sqliteHeldOf + `, marks`
 	// sqliteHeldOf is the held amount of counter ?1 to ?4 at ?8.
 	sqliteHeldOf = `(SELECT ifnull(sum(c.amount), 0) FROM quota_hold_counters c
 	WHERE c.subject = ?1 AND c.action = ?2 AND c.period = ?3 AND c.period_start = ?4 AND c.expires_at > ?8)`
-	sqliteInsertRecord = `INSERT INTO quota_records (subject, action, amount, resource_id, metadata, idempotency_key, recorded_at)
+	sqliteSubscriptionVersion = `SELECT version FROM quota_subscriptions WHERE subject = ?`
+	sqliteInsertRecord        = `INSERT INTO quota_records (subject, action, amount, resource_id, metadata, idempotency_key, recorded_at)
 VALUES (?, ?, ?, ?, ?, ?, ?)`
 	sqliteSweepLinks = `DELETE FROM quota_hold_counters WHERE hold_id IN
 (SELECT id FROM quota_holds WHERE subject = ?1 AND action = ?2 AND expires_at <= ?3)`
@@ -191,7 +192,7 @@ var sqliteWrites = func() []string {
 	qs := []string{sqliteClaimKey, sqliteReadKey, sqliteUpdateKey, sqliteCounter, sqliteCharge1, sqliteInsertRecord,
 		sqliteSweepLinks, sqliteSweepHolds, sqliteInsertHold, sqliteTakeLinks, sqliteTakeHold,
 		sqliteChargeUsed, sqliteDropLinks, sqliteDropHold, sqliteMark, sqliteInsertNotice, sqliteClaim,
-		sqliteSweepExpiredLinks, sqliteSweepExpired, sqliteSavepoint, sqliteRollbackTo, sqliteRelease}
+		sqliteSweepExpiredLinks, sqliteSweepExpired, sqliteSavepoint, sqliteRollbackTo, sqliteRelease, sqliteSubscriptionVersion}
 	for n := 1; n < 5; n++ {
 		qs = append(qs, sqliteCharges[n], sqliteLinks[n], sqliteCountersN[n])
 	}
@@ -458,6 +459,9 @@ type sqliteUse struct {
 // run performs the steps; it returns keep false to roll back, for a
 // replay or a refusal too.
 func (u *sqliteUse) run(ctx context.Context) (keep bool, err error) {
+	if err := u.checkVersion(ctx); err != nil {
+		return false, err
+	}
 	if replayed, err := u.lookupKey(ctx); err != nil || replayed {
 		return false, err
 	}
@@ -494,6 +498,28 @@ func (u *sqliteUse) run(ctx context.Context) (keep bool, err error) {
 		return false, err
 	}
 	return true, u.rememberKey(ctx)
+}
+
+// checkVersion performs step 0 of Op: a use judged against another
+// subscription than the one stored is refused with ErrSubscriptionChanged.
+// The transaction holds the write lock, which PutSubscription takes too.
+func (u *sqliteUse) checkVersion(ctx context.Context) error {
+	if u.op.Version == 0 {
+		return nil
+	}
+	var v int64
+	err := u.q.QueryRowContext(ctx, sqliteSubscriptionVersion, u.op.Record.Subject).Scan(&v)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		if u.op.Version == VersionNone {
+			return nil
+		}
+	case err != nil:
+		return err
+	case v == u.op.Version:
+		return nil
+	}
+	return fmt.Errorf("%w: %q", ErrSubscriptionChanged, u.op.Record.Subject)
 }
 
 // charge is what the use adds to Used now: its amount, or 0 for a hold,

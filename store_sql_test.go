@@ -408,7 +408,7 @@ func TestSQLStoreMigrate(t *testing.T) {
 			versions = append(versions, v)
 		}
 		rows.Close()
-		want := map[string][]int{"sqlite": {1, 2, 3}, "pg": {1, 2, 3, 4, 5, 6}}[b.name]
+		want := map[string][]int{"sqlite": {1, 2, 3, 4}, "pg": {1, 2, 3, 4, 5, 6, 7}}[b.name]
 		if diff := cmp.Diff(want, versions); diff != "" {
 			t.Errorf("quota_schema_migrations versions (-want +got):\n%s", diff)
 		}

@@ -101,6 +101,7 @@ CREATE TABLE quota_subscriptions (
     overrides json,
     next_plan text,
     next_plan_at timestamp with time zone,
+    version bigint NOT NULL DEFAULT 0,
     CONSTRAINT quota_subscriptions_pkey PRIMARY KEY (subject)
 );
 
@@ -484,21 +485,25 @@ BEGIN
         o_subject := NULL; o_amount := NULL; o_resource_id := NULL; o_metadata := NULL; o_key := NULL; o_time := NULL;
         CASE v_op.e->>'k'
         WHEN 'apply' THEN
-            SELECT * INTO v_a FROM quota_apply(
-                v_op.e->>'s', v_op.e->>'a', v_op.e->>'p', v_op.e->>'st', v_op.e->>'en', v_op.e->>'mx',
-                (v_op.e->>'n')::bigint, (v_op.e->>'f')::boolean, (v_op.e->>'now')::timestamptz,
-                (v_op.e->>'t')::timestamptz, v_op.e->>'r', v_op.e->>'m', v_op.e->>'key', v_op.e->>'fp',
-                v_op.e->>'h', (v_op.e->>'he')::timestamptz, v_op.e->>'mk');
-            o_status := v_a.o_status;
-            o_record_id := v_a.o_record_id;
-            o_hold_id := v_a.o_hold_id;
-            o_used := v_a.o_used::text;
-            o_held := v_a.o_held::text;
-            o_limits := v_a.o_limits::text;
-            o_replay := v_a.o_replay::text;
-            o_action := v_a.o_action;
-            o_hold_expires := v_a.o_hold_expires;
-            o_crossed := v_a.o_crossed::text;
+            IF quota_stale(v_op.e->>'s', coalesce((v_op.e->>'v')::bigint, 0)) THEN
+                o_status := 'stale';
+            ELSE
+                SELECT * INTO v_a FROM quota_apply(
+                    v_op.e->>'s', v_op.e->>'a', v_op.e->>'p', v_op.e->>'st', v_op.e->>'en', v_op.e->>'mx',
+                    (v_op.e->>'n')::bigint, (v_op.e->>'f')::boolean, (v_op.e->>'now')::timestamptz,
+                    (v_op.e->>'t')::timestamptz, v_op.e->>'r', v_op.e->>'m', v_op.e->>'key', v_op.e->>'fp',
+                    v_op.e->>'h', (v_op.e->>'he')::timestamptz, v_op.e->>'mk');
+                o_status := v_a.o_status;
+                o_record_id := v_a.o_record_id;
+                o_hold_id := v_a.o_hold_id;
+                o_used := v_a.o_used::text;
+                o_held := v_a.o_held::text;
+                o_limits := v_a.o_limits::text;
+                o_replay := v_a.o_replay::text;
+                o_action := v_a.o_action;
+                o_hold_expires := v_a.o_hold_expires;
+                o_crossed := v_a.o_crossed::text;
+            END IF;
         WHEN 'commit' THEN
             SELECT * INTO v_c FROM quota_commit(v_op.e->>'id', (v_op.e->>'n')::bigint, (v_op.e->>'now')::timestamptz);
             o_status := v_c.o_status;
@@ -659,5 +664,32 @@ BEGIN
     o_hold_expires := v_key.hold_expires_at;
     o_replay := v_key.counters;
     o_action := v_key.action;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION quota_stale(p_subject text, p_version bigint)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT CASE
+        WHEN p_version = 0 THEN false
+        WHEN p_version = -1 THEN EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = p_subject)
+        ELSE NOT EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = p_subject AND version = p_version)
+    END
+$function$;
+
+CREATE OR REPLACE FUNCTION quota_use(p_version bigint, p_subject text, p_action text, p_periods text, p_starts text, p_ends text, p_maxes text, p_amount bigint, p_enforce boolean, p_now timestamp with time zone, p_time timestamp with time zone, p_resource_id text, p_metadata text, p_key text, p_fingerprint text, p_hold_id text, p_hold_expires timestamp with time zone, p_marks text, OUT o_status text, OUT o_record_id bigint, OUT o_hold_id text, OUT o_used bigint[], OUT o_held bigint[], OUT o_limits bigint[], OUT o_replay json, OUT o_action text, OUT o_hold_expires timestamp with time zone, OUT o_crossed bigint[])
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    IF quota_stale(p_subject, p_version) THEN
+        o_status := 'stale';
+        RETURN;
+    END IF;
+    SELECT * INTO o_status, o_record_id, o_hold_id, o_used, o_held, o_limits, o_replay, o_action, o_hold_expires, o_crossed
+      FROM quota_apply(p_subject, p_action, p_periods, p_starts, p_ends, p_maxes, p_amount, p_enforce, p_now, p_time,
+                       p_resource_id, p_metadata, p_key, p_fingerprint, p_hold_id, p_hold_expires, p_marks);
 END
 $function$;

@@ -96,7 +96,7 @@ CREATE TABLE quota_subscriptions (
     overrides    TEXT,
     next_plan    TEXT,
     next_plan_at INTEGER
-) STRICT, WITHOUT ROWID;
+, version INTEGER NOT NULL DEFAULT 0) STRICT, WITHOUT ROWID;
 
 -- table quota_summaries
 CREATE TABLE quota_summaries (

@@ -1,0 +1,161 @@
+-- Subscription versions (Store's Versioned): the Version of each
+-- subscription, as the Quota wrote it; 0 for the subscriptions written
+-- before, which are not checked.
+--
+-- quota_use is quota_apply after step 0 of Op: a use judged against a
+-- subscription (p_version > 0), or against the default plan of a subject
+-- without one (p_version = -1), applies only if that is still what is
+-- stored; otherwise o_status is 'stale' and nothing is written.
+-- p_version 0 checks nothing. The check reads the subscription in the
+-- statement's snapshot: a Subscribe that committed before the use began
+-- is seen. quota_batch calls it for every apply, with the argument v.
+ALTER TABLE quota_subscriptions ADD COLUMN version bigint NOT NULL DEFAULT 0;
+
+CREATE FUNCTION quota_stale(p_subject text, p_version bigint) RETURNS boolean LANGUAGE sql STABLE AS $fn$
+    SELECT CASE
+        WHEN p_version = 0 THEN false
+        WHEN p_version = -1 THEN EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = p_subject)
+        ELSE NOT EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = p_subject AND version = p_version)
+    END
+$fn$;
+
+CREATE FUNCTION quota_use(
+    p_version      bigint,
+    p_subject      text,
+    p_action       text,
+    p_periods      text,
+    p_starts       text,
+    p_ends         text,
+    p_maxes        text,
+    p_amount       bigint,
+    p_enforce      boolean,
+    p_now          timestamptz,
+    p_time         timestamptz,
+    p_resource_id  text,
+    p_metadata     text,
+    p_key          text,
+    p_fingerprint  text,
+    p_hold_id      text,
+    p_hold_expires timestamptz,
+    p_marks        text,
+    OUT o_status       text,
+    OUT o_record_id    bigint,
+    OUT o_hold_id      text,
+    OUT o_used         bigint[],
+    OUT o_held         bigint[],
+    OUT o_limits       bigint[],
+    OUT o_replay       json,
+    OUT o_action       text,
+    OUT o_hold_expires timestamptz,
+    OUT o_crossed      bigint[]
+) LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF quota_stale(p_subject, p_version) THEN
+        o_status := 'stale';
+        RETURN;
+    END IF;
+    SELECT * INTO o_status, o_record_id, o_hold_id, o_used, o_held, o_limits, o_replay, o_action, o_hold_expires, o_crossed
+      FROM quota_apply(p_subject, p_action, p_periods, p_starts, p_ends, p_maxes, p_amount, p_enforce, p_now, p_time,
+                       p_resource_id, p_metadata, p_key, p_fingerprint, p_hold_id, p_hold_expires, p_marks);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION quota_batch(
+    p_batch jsonb,
+    OUT o_i            integer,
+    OUT o_status       text,
+    OUT o_record_id    bigint,
+    OUT o_hold_id      text,
+    OUT o_used         text,
+    OUT o_held         text,
+    OUT o_limits       text,
+    OUT o_replay       text,
+    OUT o_action       text,
+    OUT o_hold_expires timestamptz,
+    OUT o_crossed      text,
+    OUT o_subject      text,
+    OUT o_amount       bigint,
+    OUT o_resource_id  text,
+    OUT o_metadata     text,
+    OUT o_key          text,
+    OUT o_time         timestamptz
+) RETURNS SETOF record LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
+DECLARE
+    v_holds text[] := ARRAY(SELECT jsonb_array_elements_text(coalesce(p_batch->'holds', '[]')));
+    v_op    record;
+    v_a     record;
+    v_c     record;
+    v_n     integer;
+BEGIN
+    -- 1. The holds, by id.
+    PERFORM 1 FROM quota_holds h WHERE h.id = ANY (v_holds) ORDER BY h.id COLLATE "C" FOR UPDATE;
+
+    -- 2. The counters of the applies that do not exist yet.
+    INSERT INTO quota_summaries (subject, action, period, period_start, period_end, used, limit_max)
+    SELECT k.s, k.a, k.p, k.st, k.en, 0, NULL
+      FROM jsonb_to_recordset(coalesce(p_batch->'counters', '[]')) AS k(s text, a text, p text, st timestamptz, en timestamptz)
+     ORDER BY k.s COLLATE "C", k.a COLLATE "C", quota_period_rank(k.p), k.st
+    ON CONFLICT DO NOTHING;
+
+    -- 3. Every counter of the batch: those of the applies, those of the
+    -- holds.
+    PERFORM 1 FROM quota_summaries s
+      JOIN (SELECT k.s, k.a, k.p, k.st
+              FROM jsonb_to_recordset(coalesce(p_batch->'counters', '[]')) AS k(s text, a text, p text, st timestamptz)
+            UNION
+            SELECT c.subject, c.action, c.period, c.period_start
+              FROM quota_hold_counters c WHERE c.hold_id = ANY (v_holds)) k
+        ON s.subject = k.s AND s.action = k.a AND s.period = k.p AND s.period_start = k.st
+     ORDER BY s.subject COLLATE "C", s.action COLLATE "C", quota_period_rank(s.period), s.period_start
+       FOR UPDATE OF s;
+
+    -- 4. The calls, in order.
+    FOR v_op IN SELECT e.value AS e, e.ordinality::integer AS i
+                  FROM jsonb_array_elements(p_batch->'ops') WITH ORDINALITY AS e LOOP
+        o_i := v_op.i;
+        o_status := NULL; o_record_id := NULL; o_hold_id := NULL; o_used := NULL; o_held := NULL;
+        o_limits := NULL; o_replay := NULL; o_action := NULL; o_hold_expires := NULL; o_crossed := NULL;
+        o_subject := NULL; o_amount := NULL; o_resource_id := NULL; o_metadata := NULL; o_key := NULL; o_time := NULL;
+        CASE v_op.e->>'k'
+        WHEN 'apply' THEN
+            IF quota_stale(v_op.e->>'s', coalesce((v_op.e->>'v')::bigint, 0)) THEN
+                o_status := 'stale';
+            ELSE
+                SELECT * INTO v_a FROM quota_apply(
+                    v_op.e->>'s', v_op.e->>'a', v_op.e->>'p', v_op.e->>'st', v_op.e->>'en', v_op.e->>'mx',
+                    (v_op.e->>'n')::bigint, (v_op.e->>'f')::boolean, (v_op.e->>'now')::timestamptz,
+                    (v_op.e->>'t')::timestamptz, v_op.e->>'r', v_op.e->>'m', v_op.e->>'key', v_op.e->>'fp',
+                    v_op.e->>'h', (v_op.e->>'he')::timestamptz, v_op.e->>'mk');
+                o_status := v_a.o_status;
+                o_record_id := v_a.o_record_id;
+                o_hold_id := v_a.o_hold_id;
+                o_used := v_a.o_used::text;
+                o_held := v_a.o_held::text;
+                o_limits := v_a.o_limits::text;
+                o_replay := v_a.o_replay::text;
+                o_action := v_a.o_action;
+                o_hold_expires := v_a.o_hold_expires;
+                o_crossed := v_a.o_crossed::text;
+            END IF;
+        WHEN 'commit' THEN
+            SELECT * INTO v_c FROM quota_commit(v_op.e->>'id', (v_op.e->>'n')::bigint, (v_op.e->>'now')::timestamptz);
+            o_status := v_c.o_status;
+            o_record_id := v_c.o_id;
+            o_subject := v_c.o_subject;
+            o_action := v_c.o_action;
+            o_amount := v_c.o_amount;
+            o_resource_id := v_c.o_resource_id;
+            o_metadata := v_c.o_metadata;
+            o_key := v_c.o_key;
+            o_time := v_c.o_time;
+        WHEN 'cancel' THEN
+            DELETE FROM quota_holds WHERE id = v_op.e->>'id';
+            GET DIAGNOSTICS v_n = ROW_COUNT;
+            o_status := CASE WHEN v_n > 0 THEN 'cancelled' ELSE 'not_found' END;
+        ELSE
+            RAISE EXCEPTION 'quota: unknown call %', v_op.e->>'k';
+        END CASE;
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$;
