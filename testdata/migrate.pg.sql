@@ -453,6 +453,7 @@ DECLARE
     v_a     record;
     v_c     record;
     v_n     integer;
+    v_v     bigint;
 BEGIN
     -- 1. The holds, by id.
     PERFORM 1 FROM quota_holds h WHERE h.id = ANY (v_holds) ORDER BY h.id COLLATE "C" FOR UPDATE;
@@ -485,7 +486,11 @@ BEGIN
         o_subject := NULL; o_amount := NULL; o_resource_id := NULL; o_metadata := NULL; o_key := NULL; o_time := NULL;
         CASE v_op.e->>'k'
         WHEN 'apply' THEN
-            IF quota_stale(v_op.e->>'s', coalesce((v_op.e->>'v')::bigint, 0)) THEN
+            v_v := coalesce((v_op.e->>'v')::bigint, 0);
+            IF v_v <> 0 AND (CASE WHEN v_v = -1
+                                  THEN EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = v_op.e->>'s')
+                                  ELSE NOT EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = v_op.e->>'s' AND version = v_v)
+                             END) THEN
                 o_status := 'stale';
             ELSE
                 SELECT * INTO v_a FROM quota_apply(
@@ -667,24 +672,16 @@ BEGIN
 END
 $function$;
 
-CREATE OR REPLACE FUNCTION quota_stale(p_subject text, p_version bigint)
- RETURNS boolean
- LANGUAGE sql
- STABLE
-AS $function$
-    SELECT CASE
-        WHEN p_version = 0 THEN false
-        WHEN p_version = -1 THEN EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = p_subject)
-        ELSE NOT EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = p_subject AND version = p_version)
-    END
-$function$;
-
 CREATE OR REPLACE FUNCTION quota_use(p_version bigint, p_subject text, p_action text, p_periods text, p_starts text, p_ends text, p_maxes text, p_amount bigint, p_enforce boolean, p_now timestamp with time zone, p_time timestamp with time zone, p_resource_id text, p_metadata text, p_key text, p_fingerprint text, p_hold_id text, p_hold_expires timestamp with time zone, p_marks text, OUT o_status text, OUT o_record_id bigint, OUT o_hold_id text, OUT o_used bigint[], OUT o_held bigint[], OUT o_limits bigint[], OUT o_replay json, OUT o_action text, OUT o_hold_expires timestamp with time zone, OUT o_crossed bigint[])
  RETURNS record
  LANGUAGE plpgsql
+ SET plan_cache_mode TO 'force_generic_plan'
 AS $function$
 BEGIN
-    IF quota_stale(p_subject, p_version) THEN
+    IF p_version <> 0 AND (CASE WHEN p_version = -1
+                                THEN EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = p_subject)
+                                ELSE NOT EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = p_subject AND version = p_version)
+                           END) THEN
         o_status := 'stale';
         RETURN;
     END IF;

@@ -8,16 +8,9 @@
 -- stored; otherwise o_status is 'stale' and nothing is written.
 -- p_version 0 checks nothing. The check reads the subscription in the
 -- statement's snapshot: a Subscribe that committed before the use began
--- is seen. quota_batch calls it for every apply, with the argument v.
+-- is seen. quota_batch makes the same check for every apply, with the
+-- argument v.
 ALTER TABLE quota_subscriptions ADD COLUMN version bigint NOT NULL DEFAULT 0;
-
-CREATE FUNCTION quota_stale(p_subject text, p_version bigint) RETURNS boolean LANGUAGE sql STABLE AS $fn$
-    SELECT CASE
-        WHEN p_version = 0 THEN false
-        WHEN p_version = -1 THEN EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = p_subject)
-        ELSE NOT EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = p_subject AND version = p_version)
-    END
-$fn$;
 
 CREATE FUNCTION quota_use(
     p_version      bigint,
@@ -48,9 +41,12 @@ CREATE FUNCTION quota_use(
     OUT o_action       text,
     OUT o_hold_expires timestamptz,
     OUT o_crossed      bigint[]
-) LANGUAGE plpgsql AS $fn$
+) LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
 BEGIN
-    IF quota_stale(p_subject, p_version) THEN
+    IF p_version <> 0 AND (CASE WHEN p_version = -1
+                                THEN EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = p_subject)
+                                ELSE NOT EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = p_subject AND version = p_version)
+                           END) THEN
         o_status := 'stale';
         RETURN;
     END IF;
@@ -86,6 +82,7 @@ DECLARE
     v_a     record;
     v_c     record;
     v_n     integer;
+    v_v     bigint;
 BEGIN
     -- 1. The holds, by id.
     PERFORM 1 FROM quota_holds h WHERE h.id = ANY (v_holds) ORDER BY h.id COLLATE "C" FOR UPDATE;
@@ -118,7 +115,11 @@ BEGIN
         o_subject := NULL; o_amount := NULL; o_resource_id := NULL; o_metadata := NULL; o_key := NULL; o_time := NULL;
         CASE v_op.e->>'k'
         WHEN 'apply' THEN
-            IF quota_stale(v_op.e->>'s', coalesce((v_op.e->>'v')::bigint, 0)) THEN
+            v_v := coalesce((v_op.e->>'v')::bigint, 0);
+            IF v_v <> 0 AND (CASE WHEN v_v = -1
+                                  THEN EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = v_op.e->>'s')
+                                  ELSE NOT EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = v_op.e->>'s' AND version = v_v)
+                             END) THEN
                 o_status := 'stale';
             ELSE
                 SELECT * INTO v_a FROM quota_apply(
