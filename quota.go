@@ -164,14 +164,17 @@ type Quota struct {
 	store guardedStore
 	// versioned is store.Versioned(): uses carry Op.Version.
 	versioned bool
-	plans     map[string]*Plan
-	actions   map[string]bool
-	def       string
-	now       func() time.Time
-	ttl       time.Duration
-	levels    Thresholds
-	locs      sync.Map // time zone name -> *time.Location
-	windows   windowCache
+	// subs caches the subscriptions of uses when versioned; nil
+	// otherwise.
+	subs    *subCache
+	plans   map[string]*Plan
+	actions map[string]bool
+	def     string
+	now     func() time.Time
+	ttl     time.Duration
+	levels  Thresholds
+	locs    sync.Map // time zone name -> *time.Location
+	windows windowCache
 	// markCache holds the CounterOp.Marks of each limit (see marks).
 	markCache sync.Map
 
@@ -231,6 +234,9 @@ func New(store Store, cfg Config) (*Quota, error) {
 		return nil, errorf("new: thresholds %v: want 0 < warning <= critical <= exceeded", t)
 	}
 	q.versioned = q.store.Versioned()
+	if q.versioned {
+		q.subs = newSubCache()
+	}
 	q.log = cfg.Logger
 	q.setObserver(cfg.Observer)
 	if cfg.Notify != nil {
@@ -321,6 +327,9 @@ type prepared struct {
 	missing  string // a feature of u.Features that the plan lacks
 	// requested is the amount asked for, before Use.UpToCap.
 	requested int64
+	// cached reports that sub came from the cache: only the store's
+	// check of Op.Version confirms it.
+	cached bool
 }
 
 // prepare validates u into p, computing its counters into buf.
@@ -340,19 +349,43 @@ func (q *Quota) prepare(ctx context.Context, u Use, m mode, p *prepared, buf []C
 		p.meta = b
 	}
 	p.now = q.now()
-	sub, err := q.resolve(ctx, u.Subject, p.now)
-	if err != nil {
-		return err
+	if m == modeCheck {
+		sub, err := q.resolve(ctx, u.Subject, p.now)
+		if err != nil {
+			return err
+		}
+		p.sub = sub
+		return p.judge(buf)
 	}
-	return p.judge(sub, buf)
+	cached, err := q.resolveUse(ctx, u.Subject, p.now, &p.sub)
+	if err == nil {
+		p.cached = cached
+		err = p.judge(buf)
+	}
+	if err != nil && cached {
+		// An error is not checked by the store: confirm it with the
+		// subscription stored.
+		return q.rejudge(ctx, p, buf)
+	}
+	return err
 }
 
-// judge sets p under the subscription sub: its limits, the amount, the
+// rejudge judges p again under the subscription stored now, which it
+// caches in place of the one p was judged by.
+func (q *Quota) rejudge(ctx context.Context, p *prepared, buf []CounterOp) error {
+	q.forget(p.u.Subject)
+	if err := q.resolveFresh(ctx, p.u.Subject, p.now, &p.sub); err != nil {
+		return err
+	}
+	p.cached = false
+	return p.judge(buf)
+}
+
+// judge sets p under its subscription p.sub: its limits, the amount, the
 // feature it lacks and its counters, computed into buf. It may be called
 // again with another subscription.
-func (p *prepared) judge(sub subscriber, buf []CounterOp) error {
-	u := &p.u
-	p.sub = sub
+func (p *prepared) judge(buf []CounterOp) error {
+	u, sub := &p.u, &p.sub
 	p.limits = sub.limits(u.Action)
 	if &p.limits[0] == &blocked[0] && !sub.q.actions[u.Action] {
 		return fmt.Errorf("%q: %w", u.Action, ErrUnknownAction)
@@ -633,11 +666,7 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (_ *H
 		}
 		// The subscription changed after it was read: judge the use
 		// again under the one stored now.
-		sub, err := q.resolve(ctx, u.Subject, p.now)
-		if err == nil {
-			err = p.judge(sub, b.counters[:0])
-		}
-		if err != nil {
+		if err := q.rejudge(ctx, &p, b.counters[:0]); err != nil {
 			return nil, errorf("%s: %w", modeNames[m], err)
 		}
 	}
@@ -652,7 +681,9 @@ const maxSubscriptionRetries = 3
 func (q *Quota) applyPrepared(ctx context.Context, m mode, p *prepared, b *opBuf, d *Decision) (*Hold, error) {
 	u := &p.u
 	refusal, capIndex := p.refusal(m)
-	if refusal == ReasonFeature && u.Key == "" {
+	if refusal == ReasonFeature && u.Key == "" && !p.cached {
+		// A denial by a cached plan goes to the store, which checks
+		// Op.Version, as a keyed one does.
 		*d = denyFeature(p)
 		return nil, nil
 	}
