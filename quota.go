@@ -333,14 +333,15 @@ type prepared struct {
 }
 
 // prepare validates u into p, computing its counters into buf.
-func (q *Quota) prepare(ctx context.Context, u Use, m mode, p *prepared, buf []CounterOp) error {
+func (q *Quota) prepare(ctx context.Context, u *Use, m mode, p *prepared, buf []CounterOp) error {
 	if err := q.begin(ctx); err != nil {
 		return err
 	}
-	if err := validateUse(&u, m); err != nil {
+	p.u, p.requested = *u, u.Amount
+	u = &p.u
+	if err := validateUse(u, m); err != nil {
 		return err
 	}
-	p.u, p.requested = u, u.Amount
 	if u.Metadata != nil {
 		b, err := encodeMetadata(u.Metadata)
 		if err != nil {
@@ -582,7 +583,7 @@ func (q *Quota) Check(ctx context.Context, u Use) (dec Decision, err error) {
 		ctx, end = q.startCall(ctx, useCall(modeCheck, &u))
 		defer func() { q.decided(ctx, modeCheck, &u, &p, &dec, err); end(err) }()
 	}
-	if err := q.prepare(ctx, u, modeCheck, &p, nil); err != nil {
+	if err := q.prepare(ctx, &u, modeCheck, &p, nil); err != nil {
 		return Decision{}, errorf("check: %w", err)
 	}
 	if p.missing != "" && p.u.Amount > 0 {
@@ -625,19 +626,18 @@ func (q *Quota) readCounters(ctx context.Context, p *prepared) ([]Counter, error
 // limit is refused: Consume returns a Decision with Allowed false and a
 // nil error, and writes nothing. Errors are for invalid input and store
 // failures.
-func (q *Quota) Consume(ctx context.Context, u Use) (Decision, error) {
-	return q.apply(ctx, u, modeConsume)
+func (q *Quota) Consume(ctx context.Context, u Use) (d Decision, err error) {
+	if _, err = q.applyHold(ctx, &u, modeConsume, &d); err != nil {
+		return Decision{}, err
+	}
+	return d, nil
 }
 
 // Track records u, which already happened, even past a limit: billing must
 // see it. Only a release below zero is refused. Per-use caps do not apply.
 func (q *Quota) Track(ctx context.Context, u Use) (Decision, error) {
-	return q.apply(ctx, u, modeTrack)
-}
-
-func (q *Quota) apply(ctx context.Context, u Use, m mode) (Decision, error) {
 	var d Decision
-	if _, err := q.applyHold(ctx, u, m, &d); err != nil {
+	if _, err := q.applyHold(ctx, &u, modeTrack, &d); err != nil {
 		return Decision{}, err
 	}
 	return d, nil
@@ -645,7 +645,7 @@ func (q *Quota) apply(ctx context.Context, u Use, m mode) (Decision, error) {
 
 // applyHold applies u and fills d with the decision. It returns the hold
 // created, if any.
-func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (_ *Hold, err error) {
+func (q *Quota) applyHold(ctx context.Context, u *Use, m mode, d *Decision) (_ *Hold, err error) {
 	// The Op and its counters come from a pool: Store.Apply does not
 	// keep them, and the decision copies what it needs.
 	b := opPool.Get().(*opBuf)
@@ -653,8 +653,8 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (_ *H
 	var p prepared
 	if q.obs != nil {
 		var end func(error)
-		ctx, end = q.startCall(ctx, useCall(m, &u))
-		defer func() { q.decided(ctx, m, &u, &p, d, err); end(err) }()
+		ctx, end = q.startCall(ctx, useCall(m, u))
+		defer func() { q.decided(ctx, m, u, &p, d, err); end(err) }()
 	}
 	if err := q.prepare(ctx, u, m, &p, b.counters[:0]); err != nil {
 		return nil, errorf("%s: %w", modeNames[m], err)
@@ -680,6 +680,7 @@ const maxSubscriptionRetries = 3
 // decision. It returns the hold created, if any.
 func (q *Quota) applyPrepared(ctx context.Context, m mode, p *prepared, b *opBuf, d *Decision) (*Hold, error) {
 	u := &p.u
+	b.used = max(b.used, len(p.counters))
 	refusal, capIndex := p.refusal(m)
 	if refusal == ReasonFeature && u.Key == "" && !p.cached {
 		// A denial by a cached plan goes to the store, which checks
@@ -749,22 +750,13 @@ func (q *Quota) op(op *Op, p *prepared, m mode, refusal Reason, dst []Counter) *
 			p.counters[i].Max = 0
 		}
 	}
-	*op = Op{
-		Counters: p.counters,
-		Record: Record{
-			Subject:    p.u.Subject,
-			Action:     p.u.Action,
-			Amount:     p.u.Amount,
-			ResourceID: p.u.ResourceID,
-			Metadata:   p.meta,
-			Key:        p.u.Key,
-			Time:       p.now.UTC(),
-		},
-		Enforce: m != modeTrack,
-		Version: p.sub.version,
-		Now:     p.now,
-		Dst:     dst,
-	}
+	// Field by field: an Op is large, and a composite literal would be
+	// built aside and copied.
+	r := &op.Record
+	r.ID, r.Subject, r.Action, r.Amount = 0, p.u.Subject, p.u.Action, p.u.Amount
+	r.ResourceID, r.Metadata, r.Key, r.Time = p.u.ResourceID, p.meta, p.u.Key, p.now.UTC()
+	op.Counters, op.Enforce, op.Version, op.Now, op.Dst = p.counters, m != modeTrack, p.sub.version, p.now, dst
+	op.Fingerprint, op.Hold = "", nil
 	if p.u.Key != "" {
 		op.Fingerprint = p.fingerprint(m)
 	}
@@ -811,6 +803,7 @@ type opBuf struct {
 	op       Op
 	counters [MaxLimits]CounterOp
 	results  [MaxLimits]Counter
+	used     int // the most counters an Op of b had
 }
 
 var opPool = sync.Pool{New: func() any { return new(opBuf) }}
@@ -818,8 +811,9 @@ var opPool = sync.Pool{New: func() any { return new(opBuf) }}
 // release clears b, so that the pool keeps no caller data, and returns it
 // to the pool.
 func (b *opBuf) release() {
-	clear(b.op.Counters)
-	clear(b.results[:])
+	clear(b.counters[:b.used])
+	clear(b.results[:b.used])
 	b.op = Op{}
+	b.used = 0
 	opPool.Put(b)
 }
