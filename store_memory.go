@@ -200,12 +200,15 @@ func (s *MemoryStore) read(op *Op, cs []*memCounter) ([]*memCounter, []Counter) 
 		out = make([]Counter, 0, len(op.Counters))
 	}
 	out = out[:len(op.Counters)]
-	for i, co := range op.Counters {
+	for i := range op.Counters {
+		// By pointer and field by field: a CounterOp and a Counter are
+		// over 100 bytes each.
+		co, o := &op.Counters[i], &out[i]
 		c := s.counters[co.CounterKey]
 		cs = append(cs, c)
-		out[i] = Counter{CounterKey: co.CounterKey, End: co.End}
+		o.CounterKey, o.End, o.Used, o.Held, o.Max = co.CounterKey, co.End, 0, 0, 0
 		if c != nil {
-			out[i].Used, out[i].Held, out[i].Max = c.used, c.held(op.Now, s, true), c.limit
+			o.Used, o.Held, o.Max = c.used, c.held(op.Now, s, true), c.limit
 		}
 	}
 	return cs, out
@@ -223,8 +226,8 @@ func (s *MemoryStore) charge(op *Op, cs []*memCounter, res *ApplyResult) {
 		s.holds[h.id] = h
 		res.HoldID, res.HoldExpiresAt = h.id, h.expires
 	}
-	for i, co := range op.Counters {
-		c := cs[i]
+	for i := range op.Counters {
+		co, c := &op.Counters[i], cs[i]
 		if c == nil {
 			c = &memCounter{period: co.Period, start: co.Start, end: co.End, subject: s.records.intern(co.Subject), action: s.records.intern(co.Action)}
 			s.counters[co.CounterKey] = c
