@@ -229,17 +229,14 @@ func denyPerUse(d *Decision, i int) {
 	d.LimitStatus = d.Limits.st[i]
 }
 
-// decide fills d with the decision for p from the counters. With evaluate
-// set the counters do not include the use, and the decision says whether
-// it fits; otherwise they include it and the decision allows it.
+// decide fills d, a zero Decision, with the decision for p from the
+// counters. With evaluate set the counters do not include the use, and
+// the decision says whether it fits; otherwise they include it and the
+// decision allows it. It sets d field by field: a Decision is large, and
+// a composite literal would be built aside and copied.
 func (q *Quota) decide(d *Decision, p *prepared, cs []Counter, evaluate bool) {
-	*d = Decision{
-		Allowed: true,
-		Subject: p.u.Subject,
-		Action:  p.u.Action,
-		Plan:    p.sub.plan.Name,
-		Amount:  p.u.Amount,
-	}
+	d.Allowed = true
+	d.Subject, d.Action, d.Plan, d.Amount = p.u.Subject, p.u.Action, p.sub.plan.Name, p.u.Amount
 	d.Limits.n = len(p.limits)
 	decisive := -1
 	for i, l := range p.limits {
@@ -279,20 +276,16 @@ func mostUsed(sts []LimitStatus) int {
 	return best
 }
 
+// setStatus sets every field of st: the status of limit l with used
+// counted, in the window of c.
 func (q *Quota) setStatus(st *LimitStatus, l Limit, used int64, c *CounterOp) {
-	*st = LimitStatus{
-		Period:      l.Period,
-		Limit:       l.Max,
-		MaxPerUse:   l.MaxPerUse,
-		Used:        used,
-		PeriodStart: c.Start,
-		ResetAt:     c.End,
-	}
+	st.Period, st.Limit, st.MaxPerUse, st.Used = l.Period, l.Max, l.MaxPerUse, used
+	st.PeriodStart, st.ResetAt = c.Start, c.End
 	switch {
 	case l.IsUnlimited():
-		st.Remaining = Unlimited
+		st.Remaining, st.Percent = Unlimited, 0
 	case l.Max == 0:
-		st.Percent = 100
+		st.Remaining, st.Percent = 0, 100
 	default:
 		st.Remaining = max(0, l.Max-used)
 		st.Percent = float64(used) * 100 / float64(l.Max)

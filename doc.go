@@ -60,6 +60,19 @@
 // subscription anchored on 31 January renews on 28 or 29 February, 31
 // March, 30 April.
 //
+// # Plan changes
+//
+// After Subscribe or SchedulePlan returns, no use that Consume, Track or
+// Reserve applies is judged against the plan it replaced, whichever
+// Quota (in this process or another sharing the store) makes it. Over a
+// store that versions subscriptions (Versioned: MemoryStore is) a Quota
+// caches the subscriptions of the subjects it meters, at most 65,536,
+// and reads none per use: the store applies a use only if the
+// subscription it was judged against is still the one stored, and the
+// Quota otherwise reads the subscription again and judges the use again.
+// Check, Usage, HasFeature, Limits and the other readers read the
+// subscription from the store on every call.
+//
 // # Failures, cancellation and time bounds
 //
 // A denial is a Decision; an error is a failure. Bad input gets an error

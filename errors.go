@@ -161,6 +161,9 @@ func checkName(s string, kind error) error {
 	if len(s) > MaxNameLen {
 		return fmt.Errorf("%w: %d bytes, more than %d", kind, len(s), MaxNameLen)
 	}
+	if printableASCII(s) {
+		return nil
+	}
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
@@ -180,6 +183,32 @@ func checkName(s string, kind error) error {
 		i += size
 	}
 	return nil
+}
+
+// printableASCII reports whether s holds only bytes from 0x20 to 0x7e:
+// the common name, which needs no decoding. It looks at eight bytes at a
+// time.
+func printableASCII(s string) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		b := s[i : i+8]
+		w := uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+			uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+		// A byte of 0x80 or more sets its high bit in w. Once none
+		// does, a byte below 0x20 sets it in w - 0x20 of each byte, and
+		// a byte 0x7f, which XOR 0x7f makes 0, sets it in that minus 1
+		// of each byte. A borrow may set more, never one alone.
+		if (w|(w-0x20*ones)|((w^0x7f*ones)-ones))&highs != 0 {
+			return false
+		}
+	}
+	for ; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // errorf formats an error of the Quota as fmt.Errorf does, with the

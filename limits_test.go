@@ -2,6 +2,7 @@ package quota
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"unicode"
@@ -79,6 +80,18 @@ func TestValidateName(t *testing.T) {
 		{"C1 control U+0085", "a\u0085b", false},
 		{"C1 control U+009F", "\u009f", false},
 		{"space", " ", true},
+		{"16 bytes", "0123456789abcdef", true},
+		{"printable ASCII", " !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~", true},
+	}
+	// A forbidden byte at every place of the first and second eight.
+	for i := range 17 {
+		for _, c := range []string{"\x00", "\x1f", "\x7f", "\x80", "\xff"} {
+			tests = append(tests, struct {
+				name string
+				s    string
+				ok   bool
+			}{fmt.Sprintf("%q at %d", c, i), strings.Repeat("a", i) + c + strings.Repeat("b", 16-i), false})
+		}
 	}
 	for _, tt := range tests {
 		err := ValidateName(tt.s)

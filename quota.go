@@ -164,14 +164,17 @@ type Quota struct {
 	store guardedStore
 	// versioned is store.Versioned(): uses carry Op.Version.
 	versioned bool
-	plans     map[string]*Plan
-	actions   map[string]bool
-	def       string
-	now       func() time.Time
-	ttl       time.Duration
-	levels    Thresholds
-	locs      sync.Map // time zone name -> *time.Location
-	windows   windowCache
+	// subs caches the subscriptions of uses when versioned; nil
+	// otherwise.
+	subs    *subCache
+	plans   map[string]*Plan
+	actions map[string]bool
+	def     string
+	now     func() time.Time
+	ttl     time.Duration
+	levels  Thresholds
+	locs    sync.Map // time zone name -> *time.Location
+	windows windowCache
 	// markCache holds the CounterOp.Marks of each limit (see marks).
 	markCache sync.Map
 
@@ -231,6 +234,9 @@ func New(store Store, cfg Config) (*Quota, error) {
 		return nil, errorf("new: thresholds %v: want 0 < warning <= critical <= exceeded", t)
 	}
 	q.versioned = q.store.Versioned()
+	if q.versioned {
+		q.subs = newSubCache()
+	}
 	q.log = cfg.Logger
 	q.setObserver(cfg.Observer)
 	if cfg.Notify != nil {
@@ -321,17 +327,21 @@ type prepared struct {
 	missing  string // a feature of u.Features that the plan lacks
 	// requested is the amount asked for, before Use.UpToCap.
 	requested int64
+	// cached reports that sub came from the cache: only the store's
+	// check of Op.Version confirms it.
+	cached bool
 }
 
 // prepare validates u into p, computing its counters into buf.
-func (q *Quota) prepare(ctx context.Context, u Use, m mode, p *prepared, buf []CounterOp) error {
+func (q *Quota) prepare(ctx context.Context, u *Use, m mode, p *prepared, buf []CounterOp) error {
 	if err := q.begin(ctx); err != nil {
 		return err
 	}
-	if err := validateUse(&u, m); err != nil {
+	p.u, p.requested = *u, u.Amount
+	u = &p.u
+	if err := validateUse(u, m); err != nil {
 		return err
 	}
-	p.u, p.requested = u, u.Amount
 	if u.Metadata != nil {
 		b, err := encodeMetadata(u.Metadata)
 		if err != nil {
@@ -340,19 +350,43 @@ func (q *Quota) prepare(ctx context.Context, u Use, m mode, p *prepared, buf []C
 		p.meta = b
 	}
 	p.now = q.now()
-	sub, err := q.resolve(ctx, u.Subject, p.now)
-	if err != nil {
-		return err
+	if m == modeCheck {
+		sub, err := q.resolve(ctx, u.Subject, p.now)
+		if err != nil {
+			return err
+		}
+		p.sub = sub
+		return p.judge(buf)
 	}
-	return p.judge(sub, buf)
+	cached, err := q.resolveUse(ctx, u.Subject, p.now, &p.sub)
+	if err == nil {
+		p.cached = cached
+		err = p.judge(buf)
+	}
+	if err != nil && cached {
+		// An error is not checked by the store: confirm it with the
+		// subscription stored.
+		return q.rejudge(ctx, p, buf)
+	}
+	return err
 }
 
-// judge sets p under the subscription sub: its limits, the amount, the
+// rejudge judges p again under the subscription stored now, which it
+// caches in place of the one p was judged by.
+func (q *Quota) rejudge(ctx context.Context, p *prepared, buf []CounterOp) error {
+	q.forget(p.u.Subject)
+	if err := q.resolveFresh(ctx, p.u.Subject, p.now, &p.sub); err != nil {
+		return err
+	}
+	p.cached = false
+	return p.judge(buf)
+}
+
+// judge sets p under its subscription p.sub: its limits, the amount, the
 // feature it lacks and its counters, computed into buf. It may be called
 // again with another subscription.
-func (p *prepared) judge(sub subscriber, buf []CounterOp) error {
-	u := &p.u
-	p.sub = sub
+func (p *prepared) judge(buf []CounterOp) error {
+	u, sub := &p.u, &p.sub
 	p.limits = sub.limits(u.Action)
 	if &p.limits[0] == &blocked[0] && !sub.q.actions[u.Action] {
 		return fmt.Errorf("%q: %w", u.Action, ErrUnknownAction)
@@ -549,7 +583,7 @@ func (q *Quota) Check(ctx context.Context, u Use) (dec Decision, err error) {
 		ctx, end = q.startCall(ctx, useCall(modeCheck, &u))
 		defer func() { q.decided(ctx, modeCheck, &u, &p, &dec, err); end(err) }()
 	}
-	if err := q.prepare(ctx, u, modeCheck, &p, nil); err != nil {
+	if err := q.prepare(ctx, &u, modeCheck, &p, nil); err != nil {
 		return Decision{}, errorf("check: %w", err)
 	}
 	if p.missing != "" && p.u.Amount > 0 {
@@ -592,19 +626,18 @@ func (q *Quota) readCounters(ctx context.Context, p *prepared) ([]Counter, error
 // limit is refused: Consume returns a Decision with Allowed false and a
 // nil error, and writes nothing. Errors are for invalid input and store
 // failures.
-func (q *Quota) Consume(ctx context.Context, u Use) (Decision, error) {
-	return q.apply(ctx, u, modeConsume)
+func (q *Quota) Consume(ctx context.Context, u Use) (d Decision, err error) {
+	if _, err = q.applyHold(ctx, &u, modeConsume, &d); err != nil {
+		return Decision{}, err
+	}
+	return d, nil
 }
 
 // Track records u, which already happened, even past a limit: billing must
 // see it. Only a release below zero is refused. Per-use caps do not apply.
 func (q *Quota) Track(ctx context.Context, u Use) (Decision, error) {
-	return q.apply(ctx, u, modeTrack)
-}
-
-func (q *Quota) apply(ctx context.Context, u Use, m mode) (Decision, error) {
 	var d Decision
-	if _, err := q.applyHold(ctx, u, m, &d); err != nil {
+	if _, err := q.applyHold(ctx, &u, modeTrack, &d); err != nil {
 		return Decision{}, err
 	}
 	return d, nil
@@ -612,7 +645,7 @@ func (q *Quota) apply(ctx context.Context, u Use, m mode) (Decision, error) {
 
 // applyHold applies u and fills d with the decision. It returns the hold
 // created, if any.
-func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (_ *Hold, err error) {
+func (q *Quota) applyHold(ctx context.Context, u *Use, m mode, d *Decision) (_ *Hold, err error) {
 	// The Op and its counters come from a pool: Store.Apply does not
 	// keep them, and the decision copies what it needs.
 	b := opPool.Get().(*opBuf)
@@ -620,8 +653,8 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (_ *H
 	var p prepared
 	if q.obs != nil {
 		var end func(error)
-		ctx, end = q.startCall(ctx, useCall(m, &u))
-		defer func() { q.decided(ctx, m, &u, &p, d, err); end(err) }()
+		ctx, end = q.startCall(ctx, useCall(m, u))
+		defer func() { q.decided(ctx, m, u, &p, d, err); end(err) }()
 	}
 	if err := q.prepare(ctx, u, m, &p, b.counters[:0]); err != nil {
 		return nil, errorf("%s: %w", modeNames[m], err)
@@ -633,11 +666,7 @@ func (q *Quota) applyHold(ctx context.Context, u Use, m mode, d *Decision) (_ *H
 		}
 		// The subscription changed after it was read: judge the use
 		// again under the one stored now.
-		sub, err := q.resolve(ctx, u.Subject, p.now)
-		if err == nil {
-			err = p.judge(sub, b.counters[:0])
-		}
-		if err != nil {
+		if err := q.rejudge(ctx, &p, b.counters[:0]); err != nil {
 			return nil, errorf("%s: %w", modeNames[m], err)
 		}
 	}
@@ -656,8 +685,11 @@ const maxSubscriptionRetries = 64
 // decision. It returns the hold created, if any.
 func (q *Quota) applyPrepared(ctx context.Context, m mode, p *prepared, b *opBuf, d *Decision) (*Hold, error) {
 	u := &p.u
+	b.used = max(b.used, len(p.counters))
 	refusal, capIndex := p.refusal(m)
-	if refusal == ReasonFeature && u.Key == "" {
+	if refusal == ReasonFeature && u.Key == "" && !p.cached {
+		// A denial by a cached plan goes to the store, which checks
+		// Op.Version, as a keyed one does.
 		*d = denyFeature(p)
 		return nil, nil
 	}
@@ -723,22 +755,13 @@ func (q *Quota) op(op *Op, p *prepared, m mode, refusal Reason, dst []Counter) *
 			p.counters[i].Max = 0
 		}
 	}
-	*op = Op{
-		Counters: p.counters,
-		Record: Record{
-			Subject:    p.u.Subject,
-			Action:     p.u.Action,
-			Amount:     p.u.Amount,
-			ResourceID: p.u.ResourceID,
-			Metadata:   p.meta,
-			Key:        p.u.Key,
-			Time:       p.now.UTC(),
-		},
-		Enforce: m != modeTrack,
-		Version: p.sub.version,
-		Now:     p.now,
-		Dst:     dst,
-	}
+	// Field by field: an Op is large, and a composite literal would be
+	// built aside and copied.
+	r := &op.Record
+	r.ID, r.Subject, r.Action, r.Amount = 0, p.u.Subject, p.u.Action, p.u.Amount
+	r.ResourceID, r.Metadata, r.Key, r.Time = p.u.ResourceID, p.meta, p.u.Key, p.now.UTC()
+	op.Counters, op.Enforce, op.Version, op.Now, op.Dst = p.counters, m != modeTrack, p.sub.version, p.now, dst
+	op.Fingerprint, op.Hold = "", nil
 	if p.u.Key != "" {
 		op.Fingerprint = p.fingerprint(m)
 	}
@@ -785,6 +808,7 @@ type opBuf struct {
 	op       Op
 	counters [MaxLimits]CounterOp
 	results  [MaxLimits]Counter
+	used     int // the most counters an Op of b had
 }
 
 var opPool = sync.Pool{New: func() any { return new(opBuf) }}
@@ -792,8 +816,9 @@ var opPool = sync.Pool{New: func() any { return new(opBuf) }}
 // release clears b, so that the pool keeps no caller data, and returns it
 // to the pool.
 func (b *opBuf) release() {
-	clear(b.op.Counters)
-	clear(b.results[:])
+	clear(b.counters[:b.used])
+	clear(b.results[:b.used])
 	b.op = Op{}
+	b.used = 0
 	opPool.Put(b)
 }

@@ -41,7 +41,7 @@ type Reservation struct {
 // Reservation whose Decision is not Allowed, with a nil error.
 func (q *Quota) Reserve(ctx context.Context, u Use) (*Reservation, error) {
 	r := &Reservation{q: q}
-	h, err := q.applyHold(ctx, u, modeReserve, &r.Decision)
+	h, err := q.applyHold(ctx, &u, modeReserve, &r.Decision)
 	if err != nil {
 		return nil, err
 	}

@@ -21,7 +21,7 @@ import (
 // indexes) rather than by the Quota from Records, and retention. A
 // Versioned store keeps the version of each subscription and applies a
 // use only if the subscription it was judged against is still the one
-// stored (see Versioned).
+// stored, which lets the Quota cache subscriptions (see Versioned).
 //
 // The package quotatest holds a conformance suite that every Store must
 // pass.
@@ -251,7 +251,8 @@ type Op struct {
 const VersionNone int64 = -1
 
 // Versioned is a Store that keeps the version of every subscription and
-// checks it as it applies a use.
+// checks it as it applies a use, so that the Quota can cache
+// subscriptions: a use then reads no subscription from the store.
 //
 // The Quota writes every subscription (Subscribe, SchedulePlan) with a
 // new random positive Subscription.Version. A Versioned store keeps the
@@ -259,11 +260,13 @@ const VersionNone int64 = -1
 // GetSubscription, and honours Op.Version (Op, step 0): in the same
 // atomic step as the use, it refuses with ErrSubscriptionChanged a use
 // judged against a subscription that is no longer the one stored. The
-// Quota then reads the subscription again and judges the use again.
+// Quota then drops the subscription from its cache, reads it again and
+// judges the use again. So a plan change made by any process sharing the
+// store is seen by the next use of every process, cached or not.
 //
 // A subscription stored with Version 0 (written directly through
-// PutSubscription, or before the store kept versions) is not checked:
-// uses judged against it carry Op.Version 0. A Store that is not
+// PutSubscription, or before the store kept versions) is never cached,
+// and uses judged against it carry Op.Version 0. A Store that is not
 // Versioned is read for the subscription of every use, and gets
 // Op.Version 0 always.
 type Versioned interface {

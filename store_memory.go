@@ -200,12 +200,15 @@ func (s *MemoryStore) read(op *Op, cs []*memCounter) ([]*memCounter, []Counter) 
 		out = make([]Counter, 0, len(op.Counters))
 	}
 	out = out[:len(op.Counters)]
-	for i, co := range op.Counters {
+	for i := range op.Counters {
+		// By pointer and field by field: a CounterOp and a Counter are
+		// over 100 bytes each.
+		co, o := &op.Counters[i], &out[i]
 		c := s.counters[co.CounterKey]
 		cs = append(cs, c)
-		out[i] = Counter{CounterKey: co.CounterKey, End: co.End}
+		o.CounterKey, o.End, o.Used, o.Held, o.Max = co.CounterKey, co.End, 0, 0, 0
 		if c != nil {
-			out[i].Used, out[i].Held, out[i].Max = c.used, c.held(op.Now, s, true), c.limit
+			o.Used, o.Held, o.Max = c.used, c.held(op.Now, s, true), c.limit
 		}
 	}
 	return cs, out
@@ -215,16 +218,16 @@ func (s *MemoryStore) read(op *Op, cs []*memCounter) ([]*memCounter, []Counter) 
 // added to every counter and its record appended. It creates the
 // counters never written, and updates res and res.Counters.
 func (s *MemoryStore) charge(op *Op, cs []*memCounter, res *ApplyResult) {
-	r, a, out := op.Record, op.Record.Amount, res.Counters
+	r, a, out := &op.Record, op.Record.Amount, res.Counters
 	var h *memHold
 	if op.Hold != nil {
-		h = &memHold{id: op.Hold.ID, expires: op.Hold.ExpiresAt, amount: a, record: r}
+		h = &memHold{id: op.Hold.ID, expires: op.Hold.ExpiresAt, amount: a, record: *r}
 		h.record.Metadata = append([]byte(nil), r.Metadata...)
 		s.holds[h.id] = h
 		res.HoldID, res.HoldExpiresAt = h.id, h.expires
 	}
-	for i, co := range op.Counters {
-		c := cs[i]
+	for i := range op.Counters {
+		co, c := &op.Counters[i], cs[i]
 		if c == nil {
 			c = &memCounter{period: co.Period, start: co.Start, end: co.End, subject: s.records.intern(co.Subject), action: s.records.intern(co.Action)}
 			s.counters[co.CounterKey] = c
@@ -246,9 +249,8 @@ func (s *MemoryStore) charge(op *Op, cs []*memCounter, res *ApplyResult) {
 	}
 	if h == nil {
 		s.nextID++
-		r.ID = s.nextID
-		s.records.append(&r, cs[0].subject, cs[0].action)
-		res.RecordID = r.ID
+		s.records.append(r, s.nextID, cs[0].subject, cs[0].action)
+		res.RecordID = s.nextID
 	}
 }
 
@@ -308,7 +310,7 @@ func (s *MemoryStore) Commit(ctx context.Context, id string, amount int64, now t
 	if len(r.Metadata) == 0 {
 		r.Metadata = nil
 	}
-	s.records.append(&r, h.counters[0].subject, h.counters[0].action)
+	s.records.append(&r, r.ID, h.counters[0].subject, h.counters[0].action)
 	return r, nil
 }
 
@@ -482,13 +484,13 @@ func (l *ledger) intern(name string) uint32 {
 	return i
 }
 
-// append adds r, whose subject and action are interned as subject and
-// action.
-func (l *ledger) append(r *Record, subject, action uint32) {
+// append adds r with the ID id, its subject and action interned as
+// subject and action.
+func (l *ledger) append(r *Record, id int64, subject, action uint32) {
 	if l.n%ledgerChunk == 0 {
 		l.chunks = append(l.chunks, make([]row, 0, ledgerChunk))
 	}
-	w := row{id: r.ID, amount: r.Amount, sec: r.Time.Unix(), nsec: int32(r.Time.Nanosecond()), subject: subject, action: action, extra: -1}
+	w := row{id: id, amount: r.Amount, sec: r.Time.Unix(), nsec: int32(r.Time.Nanosecond()), subject: subject, action: action, extra: -1}
 	if r.ResourceID != "" || r.Key != "" || len(r.Metadata) > 0 {
 		w.extra = int32(len(l.extras))
 		l.extras = append(l.extras, rowExtra{resourceID: r.ResourceID, key: r.Key, metadata: append([]byte(nil), r.Metadata...)})
@@ -653,7 +655,7 @@ func (s *MemoryStore) Prune(ctx context.Context, before time.Time, limit int) (i
 			continue
 		}
 		r := l.record(w)
-		kept.append(&r, w.subject, w.action)
+		kept.append(&r, r.ID, w.subject, w.action)
 	}
 	if n > 0 {
 		s.records = kept

@@ -61,10 +61,11 @@ func (q *Quota) location(name string) (*time.Location, error) {
 }
 
 // Subscribe creates or replaces the subscription of s.Subject. It takes
-// effect at once, and clears any scheduled plan change: an upgrade counts
-// the usage already recorded in the current windows against the new
-// limits. To downgrade at the end of the paid period instead, use
-// SchedulePlan.
+// effect at once, for every Quota sharing the store (see the package
+// documentation, Plan changes), and clears any scheduled plan change: an
+// upgrade counts the usage already recorded in the current windows
+// against the new limits. To downgrade at the end of the paid period
+// instead, use SchedulePlan.
 func (q *Quota) Subscribe(ctx context.Context, s Subscription) error {
 	if err := q.begin(ctx); err != nil {
 		return errorf("subscribe: %w", err)
@@ -149,11 +150,13 @@ func (q *Quota) SchedulePlan(ctx context.Context, subject, plan string) (time.Ti
 	return at, nil
 }
 
-// putSubscription writes s with a new Version: every subscription the
-// Quota writes goes through it.
+// putSubscription writes s with a new Version, and drops the one cached:
+// every subscription the Quota writes goes through it.
 func (q *Quota) putSubscription(ctx context.Context, s Subscription) error {
 	s.Version = newVersion()
-	return q.store.PutSubscription(ctx, s)
+	err := q.store.PutSubscription(ctx, s)
+	q.forget(s.Subject) // also after an error: the write may have happened
+	return err
 }
 
 // newVersion returns a random Subscription.Version, from 1 to MaxInt64.

@@ -44,11 +44,11 @@ func isVersioned(st quota.Store) bool {
 // through another, over one store.
 func testVersionsTwoQuotas(t *testing.T, s *suite) {
 	e := s.env(t)
-	const action = "a"
+	const action, seats = "a", "seats"
 	cfg := quota.Config{
 		Plans: []quota.Plan{
-			plan("FREE", map[string][]quota.Limit{action: {quota.PerMonth(3)}}),
-			plan("PRO", map[string][]quota.Limit{action: {quota.PerMonth(100)}}, "export"),
+			plan("FREE", map[string][]quota.Limit{action: {quota.PerMonth(3)}, seats: {quota.PerMonth(5)}}),
+			plan("PRO", map[string][]quota.Limit{action: {quota.PerMonth(100)}, seats: {quota.Total(10)}}, "export"),
 		},
 		DefaultPlan: "FREE",
 	}
@@ -63,23 +63,45 @@ func testVersionsTwoQuotas(t *testing.T, s *suite) {
 		}
 	}
 
-	// No subscription: the default plan, until one is written.
-	wantPlan("Consume with no subscription", consume(t, e.ctx, app, u), "FREE", 3)
-	e.subscribe(t, admin, subj, "PRO")
-	wantPlan("Consume after Subscribe(PRO) through the other Quota", consume(t, e.ctx, app, u), "PRO", 100)
-	versions := []int64{wantVersion(t, e, admin, subj, nil)}
-
-	// A feature that the new plan lacks: denied at once.
+	// Each change below is made through admin while app holds the old
+	// plan: what app decides by a plan it cached (an error, a denial by
+	// a feature, a use) must follow the plan stored.
+	//
+	// No subscription: the default plan, FREE. It lacks export, and
+	// counts seats by the month: a release of seats is an error.
 	withFeature := u
 	withFeature.Features = []string{"export"}
-	wantAllowed(t, "Consume(export) on PRO", consume(t, e.ctx, app, withFeature), 3)
+	release := quota.Use{Subject: subj, Action: seats, Amount: -1}
+	wantPlan("Consume with no subscription", consume(t, e.ctx, app, u), "FREE", 3)
+	if d := consume(t, e.ctx, app, withFeature); d.Allowed || d.Reason != quota.ReasonFeature {
+		t.Errorf("Consume(export) with no subscription = {Allowed %v, Reason %q}; want denied by the feature", d.Allowed, d.Reason)
+	}
+	_, err := app.Consume(e.ctx, release)
+	wantErr(t, "Consume(-1 seat) on FREE", err, quota.ErrInvalidAmount)
+
+	// PRO allocates seats: a release is judged, not an error.
+	e.subscribe(t, admin, subj, "PRO")
+	versions := []int64{wantVersion(t, e, admin, subj, nil)}
+	if d, err := app.Consume(e.ctx, release); err != nil || d.Reason != quota.ReasonBelowZero || d.Plan != "PRO" {
+		t.Errorf("Consume(-1 seat) after Subscribe(PRO) through the other Quota = %+v, %v; want denied below zero on PRO", d, err)
+	}
+	// Back to FREE, then PRO again: PRO has export.
+	e.subscribe(t, admin, subj, "FREE")
+	versions = append(versions, wantVersion(t, e, admin, subj, versions))
+	wantPlan("Consume after Subscribe(FREE) through the other Quota", consume(t, e.ctx, app, u), "FREE", 3)
+	e.subscribe(t, admin, subj, "PRO")
+	versions = append(versions, wantVersion(t, e, admin, subj, versions))
+	wantAllowed(t, "Consume(export) after Subscribe(PRO) through the other Quota", consume(t, e.ctx, app, withFeature), 3)
+	wantPlan("Consume after Subscribe(PRO) through the other Quota", consume(t, e.ctx, app, u), "PRO", 100)
+
+	// A feature that the new plan lacks: denied at once.
 	e.subscribe(t, admin, subj, "FREE")
 	versions = append(versions, wantVersion(t, e, admin, subj, versions))
 	if d := consume(t, e.ctx, app, withFeature); d.Allowed || d.Reason != quota.ReasonFeature || d.Plan != "FREE" {
 		t.Errorf("Consume(export) after Subscribe(FREE) through the other Quota = {Allowed %v, Reason %q, Plan %q}; want denied by the feature on FREE", d.Allowed, d.Reason, d.Plan)
 	}
-	// 3 used of FREE's 3: Consume and Reserve are denied, Track counts.
-	wantDenied(t, "Consume(1) after the downgrade", consume(t, e.ctx, app, u), quota.ReasonLimit, 3)
+	// 4 used of FREE's 3: Consume and Reserve are denied, Track counts.
+	wantDenied(t, "Consume(1) after the downgrade", consume(t, e.ctx, app, u), quota.ReasonLimit, 4)
 	if r, err := app.Reserve(e.ctx, u); err != nil || r.Decision.Allowed || r.Decision.Plan != "FREE" {
 		t.Errorf("Reserve(1) after the downgrade = %+v, %v; want denied on FREE", r, err)
 	}
