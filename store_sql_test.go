@@ -1279,8 +1279,10 @@ func TestSQLStoreErrors(t *testing.T) {
 }
 
 // Round trips on PostgreSQL: Apply, Commit and Cancel are one statement
-// each, with no BEGIN or COMMIT; a Consume is two (the subscription, then
-// Apply).
+// each, with no BEGIN or COMMIT; so is a batch of them. A Consume, Track
+// or Reserve of a subject whose subscription the Quota has cached is one
+// (Apply, which checks the cached version); the first use of a subject
+// reads its subscription first; Check reads it always.
 
 func TestSQLStoreRoundTrips(t *testing.T) {
 	dsn := newPGSchema(t)
@@ -1291,13 +1293,17 @@ func TestSQLStoreRoundTrips(t *testing.T) {
 	var counter statementCounter
 	cfg.Tracer = &counter
 	sqldb := stdlib.OpenDB(*cfg)
-	sqldb.SetMaxOpenConns(2)
+	sqldb.SetMaxOpenConns(4)
+	sqldb.SetMaxIdleConns(4)
 	db := bun.NewDB(sqldb, pgdialect.New())
 	defer db.Close()
 	st := migrated(t, db)
-	q := newQuota(t, st, quota.Config{Plans: []quota.Plan{{Name: "P", Limits: map[string][]quota.Limit{"x": {quota.PerDay(10), quota.PerMonth(100)}}}}, DefaultPlan: "P"})
+	var batches atomic.Int64
+	quota.SetBatchHook(st, func([]context.Context) { batches.Add(1) })
+	plans := []quota.Plan{{Name: "P", Limits: map[string][]quota.Limit{"x": {quota.PerDay(10), quota.PerMonth(100)}}},
+		{Name: "BIG", Limits: map[string][]quota.Limit{"x": {quota.PerMonth(quota.Unlimited)}}}}
+	q := newQuota(t, st, quota.Config{Plans: plans, DefaultPlan: "P"})
 	ctx := t.Context()
-	q.Consume(ctx, quota.Use{Subject: "warm", Action: "x", Amount: 1}) // creates the counter rows
 	statements := func(what string, want int64, f func()) {
 		t.Helper()
 		before := counter.n.Load()
@@ -1306,18 +1312,60 @@ func TestSQLStoreRoundTrips(t *testing.T) {
 			t.Errorf("%s took %d statements; want %d", what, got, want)
 		}
 	}
-	statements("Consume", 2, func() {
+	statements("first Consume of a subject", 2, func() { q.Consume(ctx, quota.Use{Subject: "warm", Action: "x", Amount: 1}) })
+	statements("Consume", 1, func() {
 		q.Consume(ctx, quota.Use{Subject: "warm", Action: "x", Amount: 1, Key: "k", Metadata: map[string]any{"a": 1}})
 	})
-	statements("Consume of a new subject", 2, func() { q.Consume(ctx, quota.Use{Subject: "new", Action: "x", Amount: 1}) })
-	statements("Consume refused", 2, func() { q.Consume(ctx, quota.Use{Subject: "warm", Action: "x", Amount: 50}) })
-	statements("Track", 2, func() { q.Track(ctx, quota.Use{Subject: "warm", Action: "x", Amount: 1}) })
+	statements("Consume refused", 1, func() { q.Consume(ctx, quota.Use{Subject: "warm", Action: "x", Amount: 50}) })
+	statements("Track", 1, func() { q.Track(ctx, quota.Use{Subject: "warm", Action: "x", Amount: 1}) })
 	statements("Check", 2, func() { q.Check(ctx, quota.Use{Subject: "warm", Action: "x", Amount: 1}) })
 	var r *quota.Reservation
-	statements("Reserve", 2, func() { r, _ = q.Reserve(ctx, quota.Use{Subject: "warm", Action: "x", Amount: 1}) })
+	statements("Reserve", 1, func() { r, _ = q.Reserve(ctx, quota.Use{Subject: "warm", Action: "x", Amount: 1}) })
 	statements("Commit", 1, func() { r.Commit(ctx) })
-	statements("Reserve", 2, func() { r, _ = q.Reserve(ctx, quota.Use{Subject: "warm", Action: "x", Amount: 1}) })
+	statements("Reserve", 1, func() { r, _ = q.Reserve(ctx, quota.Use{Subject: "warm", Action: "x", Amount: 1}) })
 	statements("Cancel", 1, func() { r.Cancel(ctx) })
+
+	// A subscription written by this instance, then by another: the
+	// first use after each reads it again.
+	// Subscribe reads the subscription for its anchor, then writes it.
+	statements("Subscribe", 2, func() { q.Subscribe(ctx, quota.Subscription{Subject: "org", Plan: "P"}) })
+	statements("first Consume after Subscribe", 2, func() { q.Consume(ctx, quota.Use{Subject: "org", Action: "x", Amount: 1}) })
+	statements("Consume", 1, func() { q.Consume(ctx, quota.Use{Subject: "org", Action: "x", Amount: 1}) })
+	other := newQuota(t, migrated(t, openPG(t, dsn, 1)), quota.Config{Plans: plans, DefaultPlan: "P"})
+	if err := other.Subscribe(ctx, quota.Subscription{Subject: "org", Plan: "BIG"}); err != nil {
+		t.Fatal(err)
+	}
+	statements("Consume after another instance's Subscribe (refused stale, read, applied)", 3, func() {
+		if d, err := q.Consume(ctx, quota.Use{Subject: "org", Action: "x", Amount: 1}); err != nil || d.Plan != "BIG" {
+			t.Errorf("Consume after another instance's Subscribe = plan %q, %v; want BIG", d.Plan, err)
+		}
+	})
+
+	// Concurrent uses of subjects the Quota has cached: one statement
+	// per batch.
+	for i := range 8 {
+		q.Consume(ctx, quota.Use{Subject: fmt.Sprintf("org-%d", i), Action: "x", Amount: 1})
+	}
+	before, b0 := counter.n.Load(), batches.Load()
+	var wg sync.WaitGroup
+	for g := range 32 {
+		wg.Go(func() {
+			for i := range 20 {
+				if _, err := q.Consume(ctx, quota.Use{Subject: fmt.Sprintf("org-%d", (g+i)%8), Action: "x", Amount: 1}); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	got, nb := counter.n.Load()-before, batches.Load()-b0
+	if got != nb {
+		t.Errorf("640 concurrent Consumes took %d statements in %d batches; want one per batch", got, nb)
+	}
+	if nb >= 640 {
+		t.Errorf("640 concurrent Consumes in %d batches; want fewer", nb)
+	}
+	t.Logf("640 concurrent Consumes: %d statements, %d batches", got, nb)
 }
 
 // statementCounter counts the statements pgx sends, BEGIN and COMMIT
