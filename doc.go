@@ -65,7 +65,8 @@
 // After Subscribe or SchedulePlan returns, no use that Consume, Track or
 // Reserve applies is judged against the plan it replaced, whichever
 // Quota (in this process or another sharing the store) makes it. Over a
-// store that versions subscriptions (Versioned: MemoryStore is) a Quota
+// store that versions subscriptions (Versioned: MemoryStore and SQLStore
+// are) a Quota
 // caches the subscriptions of the subjects it meters, at most 65,536,
 // and reads none per use: the store applies a use only if the
 // subscription it was judged against is still the one stored, and the

@@ -162,6 +162,8 @@ type SQLStore struct {
 	// into batches; nil over the caller's transaction, or without
 	// batching (WithMaxBatch(1)).
 	batch *sqlBatcher
+	// observe, when not nil, sees every batch (WithBatchObserver).
+	observe func(BatchEvent)
 }
 
 // sqlDialect is one SQL dialect of SQLStore. It owns its SQL text, its
@@ -367,6 +369,7 @@ func NewSQLStore(db bun.IDB, opts ...SQLOption) (*SQLStore, error) {
 			opt(&o)
 		}
 	}
+	s.observe = o.observe
 	if s.begin != nil && o.maxBatch > 1 {
 		if s.wsem != nil {
 			o.writers = 1 // SQLite: one writer at a time

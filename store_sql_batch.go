@@ -26,6 +26,35 @@ type SQLOption func(*sqlOptions)
 type sqlOptions struct {
 	maxBatch int
 	writers  int
+	observe  func(BatchEvent)
+}
+
+// BatchEvent describes one batch that an SQLStore wrote: a call written
+// alone is a batch of one.
+type BatchEvent struct {
+	// Calls is the number of Apply, Commit and Cancel calls written
+	// together.
+	Calls int
+	// Start is when the first attempt began; Duration is the time to the
+	// outcome, retries included.
+	Start    time.Time
+	Duration time.Duration
+	// Retries is the number of times the batch was tried again after a
+	// transient failure.
+	Retries int
+	// Err is the failure of the batch, which each of its calls
+	// returned; nil when it committed (its calls may still have
+	// outcomes of their own: refusals, conflicts).
+	Err error
+}
+
+// WithBatchObserver makes an SQLStore call f after every batch it writes,
+// on the goroutine that wrote it: batch sizes and latencies for metrics
+// (see the README's Observability). f must be quick and safe for
+// concurrent use. A store over a bun.Tx, which writes each call alone,
+// calls it too.
+func WithBatchObserver(f func(BatchEvent)) SQLOption {
+	return func(o *sqlOptions) { o.observe = f }
 }
 
 // WithMaxBatch bounds the calls an SQLStore writes in one transaction (a
@@ -198,7 +227,14 @@ func (b *sqlBatcher) write(batch []*sqlCall) {
 	ctx, cancel := batchContext(live)
 	defer cancel()
 	var err error
-	for attempt := 0; ; attempt++ {
+	start := time.Now()
+	attempt := 0
+	defer func() {
+		if b.s.observe != nil {
+			b.s.observe(BatchEvent{Calls: len(live), Start: start, Duration: time.Since(start), Retries: attempt, Err: err})
+		}
+	}()
+	for ; ; attempt++ {
 		for _, c := range live {
 			c.res, c.rec, c.found, c.err = ApplyResult{}, Record{}, false, nil
 		}
@@ -258,8 +294,13 @@ func batchContext(batch []*sqlCall) (context.Context, context.CancelFunc) {
 // transaction, which is never shared.
 func (s *SQLStore) run(c *sqlCall) {
 	if s.batch == nil {
-		if err := s.d.writeBatch(c.ctx, []*sqlCall{c}); err != nil {
+		start := time.Now()
+		err := s.d.writeBatch(c.ctx, []*sqlCall{c})
+		if err != nil {
 			c.err = err
+		}
+		if s.observe != nil {
+			s.observe(BatchEvent{Calls: 1, Start: start, Duration: time.Since(start), Err: err})
 		}
 		return
 	}

@@ -141,7 +141,14 @@ func (c *batchCall) do(ctx context.Context, st quota.Store, now time.Time) {
 // same.
 func TestSQLStoreBatchDifferential(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
-		st, err := quota.NewSQLStore(b.newDB(t), quota.WithWriters(1))
+		var observed, observedBatches atomic.Int64
+		st, err := quota.NewSQLStore(b.newDB(t), quota.WithWriters(1), quota.WithBatchObserver(func(e quota.BatchEvent) {
+			if e.Err != nil || e.Calls < 1 || e.Duration < 0 || e.Start.IsZero() {
+				t.Errorf("batch observed: %+v", e)
+			}
+			observed.Add(int64(e.Calls))
+			observedBatches.Add(1)
+		}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -179,6 +186,13 @@ func TestSQLStoreBatchDifferential(t *testing.T) {
 		wg.Wait()
 		if len(order) != total {
 			t.Fatalf("the batches applied %d calls of %d", len(order), total)
+		}
+		var nb int64
+		for _, k := range batches {
+			nb += int64(k)
+		}
+		if observed.Load() != total || observedBatches.Load() != nb {
+			t.Errorf("WithBatchObserver saw %d calls in %d batches; want %d in %d", observed.Load(), observedBatches.Load(), total, nb)
 		}
 		multi := 0
 		for n, k := range batches {
