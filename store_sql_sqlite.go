@@ -193,6 +193,7 @@ var sqliteWrites = func() []string {
 		sqliteSweepLinks, sqliteSweepHolds, sqliteInsertHold, sqliteTakeLinks, sqliteTakeHold,
 		sqliteChargeUsed, sqliteDropLinks, sqliteDropHold, sqliteMark, sqliteInsertNotice, sqliteClaim,
 		sqliteSweepExpiredLinks, sqliteSweepExpired, sqliteSavepoint, sqliteRollbackTo, sqliteRelease, sqliteSubscriptionVersion}
+	qs = append(qs, sqliteRecordsSQL[:]...)
 	for n := 1; n < 5; n++ {
 		qs = append(qs, sqliteCharges[n], sqliteLinks[n], sqliteCountersN[n])
 	}
@@ -373,19 +374,25 @@ const (
 func (d *sqliteDialect) writeBatch(ctx context.Context, calls []*sqlCall) error {
 	return d.write(ctx, func(q sqlQuerier) (bool, error) {
 		if len(calls) == 1 {
-			return d.writeCall(ctx, q, calls[0])
+			return d.writeCall(ctx, q, calls[0], nil)
 		}
+		bt := &sqliteBatch{versions: make(map[string]int64)}
 		for _, c := range calls {
 			if !needsSavepoint(c) {
-				if _, err := d.writeCall(ctx, q, c); err != nil {
+				if _, err := d.writeCall(ctx, q, c, bt); err != nil {
 					return false, err
 				}
 				continue
 			}
+			// The call writes a record of its own at once: the
+			// records of the calls before it go first.
+			if err := bt.flush(ctx, d, q); err != nil {
+				return false, err
+			}
 			if _, err := q.ExecContext(ctx, sqliteSavepoint); err != nil {
 				return false, err
 			}
-			keep, err := d.writeCall(ctx, q, c)
+			keep, err := d.writeCall(ctx, q, c, bt)
 			if err != nil {
 				return false, err
 			}
@@ -398,8 +405,82 @@ func (d *sqliteDialect) writeBatch(ctx context.Context, calls []*sqlCall) error 
 				return false, err
 			}
 		}
-		return true, nil
+		return true, bt.flush(ctx, d, q)
 	})
+}
+
+// sqliteBatch is what the calls of a batch share in its transaction,
+// which holds the write lock throughout.
+type sqliteBatch struct {
+	// versions holds the subscription versions read so far, by subject
+	// (-1 for none): no subscription changes while the batch holds the
+	// write lock.
+	versions map[string]int64
+	// pending are the calls whose record is still to be inserted, in
+	// order; flush inserts them, a few statements for all of them.
+	pending []*sqlCall
+}
+
+// Record inserts of a batch go by chunks of these sizes, largest first,
+// each one prepared statement.
+var sqliteRecordChunks = [...]int{64, 16, 4, 1}
+
+// sqliteInsertRecords returns the statement that inserts n records.
+func sqliteInsertRecords(n int) string {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO quota_records (subject, action, amount, resource_id, metadata, idempotency_key, recorded_at) VALUES `)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("(?, ?, ?, ?, ?, ?, ?)")
+	}
+	return b.String()
+}
+
+var sqliteRecordsSQL = func() (qs [len(sqliteRecordChunks)]string) {
+	for i, n := range sqliteRecordChunks {
+		qs[i] = sqliteInsertRecords(n)
+	}
+	return qs
+}()
+
+// flush inserts the pending records, in order, and sets the RecordID of
+// their calls: the ids of the rows of one INSERT are consecutive, the
+// last one LastInsertId (the table is AUTOINCREMENT, and the batch holds
+// the write lock).
+func (bt *sqliteBatch) flush(ctx context.Context, d *sqliteDialect, q sqlQuerier) error {
+	if bt == nil {
+		return nil
+	}
+	for len(bt.pending) > 0 {
+		k := len(sqliteRecordChunks) - 1
+		for i, n := range sqliteRecordChunks {
+			if n <= len(bt.pending) {
+				k = i
+				break
+			}
+		}
+		chunk := bt.pending[:sqliteRecordChunks[k]]
+		args := make([]any, 0, 7*len(chunk))
+		for _, c := range chunk {
+			r := &c.op.Record
+			args = append(args, r.Subject, r.Action, r.Amount, nullString(r.ResourceID), nullJSON(r.Metadata), nullString(r.Key), d.tv(r.Time))
+		}
+		res, err := q.ExecContext(ctx, sqliteRecordsSQL[k], args...)
+		if err != nil {
+			return err
+		}
+		last, err := res.LastInsertId()
+		if err != nil {
+			return err
+		}
+		for i, c := range chunk {
+			c.res.RecordID = last - int64(len(chunk)-1-i)
+		}
+		bt.pending = bt.pending[len(chunk):]
+	}
+	return nil
 }
 
 // needsSavepoint reports whether c may write before it learns that its
@@ -418,14 +499,18 @@ func needsSavepoint(c *sqlCall) bool {
 }
 
 // writeCall performs c in the transaction q, sets its outcome, and
-// reports whether its writes are to be kept. An error is a failure of
+// reports whether its writes are to be kept; bt is the batch of c, or nil
+// for a call written alone. An error is a failure of
 // the transaction; an outcome of c's own (isOutcome) goes to c.err.
-func (d *sqliteDialect) writeCall(ctx context.Context, q sqlQuerier, c *sqlCall) (keep bool, err error) {
+func (d *sqliteDialect) writeCall(ctx context.Context, q sqlQuerier, c *sqlCall, bt *sqliteBatch) (keep bool, err error) {
 	switch c.kind {
 	case callApply:
-		u := &sqliteUse{d: d, q: q, op: c.op, now: d.tv(c.op.Now)}
+		u := &sqliteUse{d: d, q: q, op: c.op, now: d.tv(c.op.Now), batch: bt}
 		keep, err = u.run(ctx)
 		c.res, c.err = u.res, u.keyErr
+		if u.deferred && err == nil {
+			bt.pending = append(bt.pending, c)
+		}
 	case callCommit:
 		keep, c.rec, c.err, err = d.commitIn(ctx, q, c.id, c.amount, c.now)
 	case callCancel:
@@ -454,6 +539,10 @@ type sqliteUse struct {
 	// res is the result; keyErr the outcome of a key seen before.
 	res    ApplyResult
 	keyErr error
+	// batch is the batch of the use, or nil; deferred reports that the
+	// use left its record to the batch's flush (record).
+	batch    *sqliteBatch
+	deferred bool
 }
 
 // run performs the steps; it returns keep false to roll back, for a
@@ -507,19 +596,27 @@ func (u *sqliteUse) checkVersion(ctx context.Context) error {
 	if u.op.Version == 0 {
 		return nil
 	}
-	var v int64
-	err := u.q.QueryRowContext(ctx, sqliteSubscriptionVersion, u.op.Record.Subject).Scan(&v)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		if u.op.Version == VersionNone {
-			return nil
+	subject := u.op.Record.Subject
+	v, ok := int64(0), false
+	if u.batch != nil {
+		v, ok = u.batch.versions[subject]
+	}
+	if !ok {
+		err := u.q.QueryRowContext(ctx, sqliteSubscriptionVersion, subject).Scan(&v)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			v = VersionNone
+		case err != nil:
+			return err
 		}
-	case err != nil:
-		return err
-	case v == u.op.Version:
+		if u.batch != nil {
+			u.batch.versions[subject] = v
+		}
+	}
+	if v == u.op.Version {
 		return nil
 	}
-	return fmt.Errorf("%w: %q", ErrSubscriptionChanged, u.op.Record.Subject)
+	return fmt.Errorf("%w: %q", ErrSubscriptionChanged, subject)
 }
 
 // charge is what the use adds to Used now: its amount, or 0 for a hold,
@@ -674,6 +771,12 @@ func (u *sqliteUse) mark(ctx context.Context) ([]Crossing, error) {
 // record appends the record of the use, and sets res.RecordID.
 func (u *sqliteUse) record(ctx context.Context) error {
 	r := &u.op.Record
+	if u.batch != nil && r.Key == "" {
+		// A use without a key: nothing needs its record id before the
+		// batch ends.
+		u.deferred = true
+		return nil
+	}
 	ins, err := u.q.ExecContext(ctx, sqliteInsertRecord, r.Subject, r.Action, r.Amount, nullString(r.ResourceID), nullJSON(r.Metadata), nullString(r.Key), u.d.tv(r.Time))
 	if err != nil {
 		return err
