@@ -455,6 +455,10 @@ DECLARE
     v_n     integer;
     v_v     bigint;
 BEGIN
+    -- Steps 1 to 3 only when the batch asks for them (lock): a batch of
+    -- applies alone comes sorted by subject and action, and its calls
+    -- lock their counters in that order already.
+    IF coalesce((p_batch->>'lock')::boolean, true) THEN
     -- 1. The holds, by id.
     PERFORM 1 FROM quota_holds h WHERE h.id = ANY (v_holds) ORDER BY h.id COLLATE "C" FOR UPDATE;
 
@@ -476,6 +480,7 @@ BEGIN
         ON s.subject = k.s AND s.action = k.a AND s.period = k.p AND s.period_start = k.st
      ORDER BY s.subject COLLATE "C", s.action COLLATE "C", quota_period_rank(s.period), s.period_start
        FOR UPDATE OF s;
+    END IF;
 
     -- 4. The calls, in order.
     FOR v_op IN SELECT e.value AS e, e.ordinality::integer AS i
