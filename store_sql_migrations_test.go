@@ -2,17 +2,27 @@ package quota_test
 
 import (
 	"bytes"
+	"fmt"
 	"io/fs"
 	"os"
 	"path"
 	"strings"
 	"testing"
 	"testing/fstest"
+	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect"
 
 	"github.com/quotakit/quota"
 )
+
+// gooseTable is the version table that SQLMigrations's documentation
+// recommends.
+const gooseTable = "quota_goose_db_version"
 
 // TestSQLMigrationsFiles checks the files of SQLMigrations against the
 // embedded migrations: one per migration, named for goose, holding the
@@ -64,5 +74,211 @@ func TestSQLMigrationsFiles(t *testing.T) {
 	}
 	if _, err := quota.SQLMigrations(dialect.MySQL); err == nil || !strings.Contains(err.Error(), "unsupported dialect mysql") {
 		t.Errorf("SQLMigrations(mysql) = %v; want an unsupported dialect error", err)
+	}
+}
+
+// gooseProvider returns goose's provider of the migrations of
+// SQLMigrations over db, as SQLMigrations's documentation makes it, and
+// their number.
+func gooseProvider(t *testing.T, db *bun.DB) (*goose.Provider, int) {
+	t.Helper()
+	fsys, err := quota.SQLMigrations(db.Dialect().Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := fs.ReadDir(fsys, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := []goose.ProviderOption{goose.WithTableName(gooseTable)}
+	gd := goose.DialectSQLite3
+	if db.Dialect().Name() == dialect.PG {
+		gd = goose.DialectPostgres
+		locker, err := lock.NewPostgresSessionLocker()
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts = append(opts, goose.WithSessionLocker(locker))
+	}
+	p, err := goose.NewProvider(gd, db.DB, fsys, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, len(files)
+}
+
+// gooseUp applies the migrations of SQLMigrations to db with goose, and
+// returns goose's provider and their number.
+func gooseUp(t *testing.T, db *bun.DB) (*goose.Provider, int) {
+	t.Helper()
+	p, n := gooseProvider(t, db)
+	res, err := p.Up(t.Context())
+	if err != nil {
+		t.Fatalf("goose up: %v", err)
+	}
+	if len(res) != n {
+		t.Fatalf("goose up applied %d migrations; want %d", len(res), n)
+	}
+	for _, r := range res {
+		if r.Empty {
+			t.Errorf("goose up: %s is empty", r.Source.Path)
+		}
+	}
+	return p, n
+}
+
+// TestSQLMigrationsGoose applies SQLMigrations with goose: goose runs
+// every file, again finds nothing to do, and refuses to go down; Migrate
+// refuses the schema, changing nothing, as goose refuses Migrate's; a
+// store works on it without Migrate; and the schema is the one Migrate
+// makes (the golden files'), but for the bookkeeping table of each.
+func TestSQLMigrationsGoose(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := t.Context()
+		db := b.newDB(t)
+		p, n := gooseUp(t, db)
+		if res, err := p.Up(ctx); err != nil || len(res) != 0 {
+			t.Errorf("goose up again = %d migrations, %v; want none", len(res), err)
+		}
+		if _, err := p.Down(ctx); err == nil || !strings.Contains(err.Error(), "quota_has_no_down_migrations") {
+			t.Errorf("goose down = %v; want the error of quota_has_no_down_migrations", err)
+		}
+		if v, err := p.GetDBVersion(ctx); err != nil || v != int64(n) {
+			t.Errorf("goose version after down = %d, %v; want %d", v, err, n)
+		}
+
+		st, err := quota.NewSQLStore(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := dumpSchema(t, db)
+		if err := st.Migrate(ctx); err == nil {
+			t.Error("Migrate over goose's schema = nil; want an error")
+		}
+		if after := dumpSchema(t, db); after != before {
+			t.Errorf("Migrate over goose's schema changed it:\n%s", after)
+		}
+		exerciseStore(t, st)
+
+		// goose over the schema of Migrate fails, and changes nothing
+		// but its own version table.
+		ref := b.newDB(t)
+		migrated(t, ref)
+		before = dumpSchema(t, ref)
+		refp, _ := gooseProvider(t, ref)
+		if _, err := refp.Up(ctx); err == nil {
+			t.Error("goose up over Migrate's schema = nil; want an error")
+		}
+		dropTable(t, ref, gooseTable)
+		if after := dumpSchema(t, ref); after != before {
+			t.Errorf("goose up over Migrate's schema changed it:\n%s", after)
+		}
+
+		dropTable(t, ref, "quota_schema_migrations")
+		dropTable(t, db, gooseTable)
+		if diff := cmp.Diff(dumpSchema(t, ref), dumpSchema(t, db)); diff != "" {
+			t.Errorf("schema, Migrate (-) and goose (+), bookkeeping aside:\n%s", diff)
+		}
+	})
+}
+
+func dropTable(t *testing.T, db *bun.DB, table string) {
+	t.Helper()
+	if _, err := db.DB.ExecContext(t.Context(), "DROP TABLE "+table); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// exerciseStore calls every method of st but Migrate, each of which must
+// succeed, on subjects of its own, and closes st.
+func exerciseStore(t *testing.T, st *quota.SQLStore) {
+	t.Helper()
+	ctx := t.Context()
+	t0 := sqlT0
+	month := time.Date(t0.Year(), t0.Month(), 1, 0, 0, 0, 0, time.UTC)
+	key := quota.CounterKey{Subject: "ex", Action: "api", Period: quota.PeriodMonth, Start: month}
+	op := func(amount int64, hold *quota.Hold, idem string) *quota.Op {
+		o := &quota.Op{
+			Counters: []quota.CounterOp{{CounterKey: key, End: month.AddDate(0, 1, 0), Max: 10, Marks: []int64{8, 9, 10}}},
+			Record:   quota.Record{Subject: "ex", Action: "api", Amount: amount, Key: idem, Time: t0},
+			Enforce:  true,
+			Hold:     hold,
+			Now:      t0,
+		}
+		if idem != "" {
+			o.Fingerprint = fmt.Sprint(amount)
+		}
+		return o
+	}
+	apply := func(o *quota.Op, applied, replayed bool) {
+		t.Helper()
+		res, err := st.Apply(ctx, o)
+		if err != nil || res.Applied != applied || res.Replayed != replayed {
+			t.Fatalf("Apply(%d, hold %v, key %q) = %+v, %v; want applied %t, replayed %t",
+				o.Record.Amount, o.Hold != nil, o.Record.Key, res, err, applied, replayed)
+		}
+	}
+	hold := func(id string, d time.Duration) *quota.Hold { return &quota.Hold{ID: id, ExpiresAt: t0.Add(d)} }
+
+	apply(op(8, nil, "k1"), true, false) // crosses the warning: a notice
+	apply(op(8, nil, "k1"), true, true)  // replayed
+	apply(op(3, nil, ""), false, false)  // refused: 11 > 10
+	apply(op(1, hold("ex-commit", time.Hour), ""), true, false)
+	if r, err := st.Commit(ctx, "ex-commit", 1, t0); err != nil || r.Amount != 1 {
+		t.Fatalf("Commit = %+v, %v", r, err) // crosses the critical level: a notice
+	}
+	apply(op(1, hold("ex-cancel", time.Hour), ""), true, false)
+	if err := st.Cancel(ctx, "ex-cancel", t0); err != nil {
+		t.Fatalf("Cancel = %v", err)
+	}
+	apply(op(1, hold("ex-expire", time.Minute), ""), true, false)
+	if n, err := st.Sweep(ctx, t0.Add(time.Hour), 10); err != nil || n != 1 {
+		t.Fatalf("Sweep = %d, %v; want 1", n, err)
+	}
+	if cs, err := st.Counters(ctx, []quota.CounterKey{key}, t0); err != nil || len(cs) != 1 || cs[0].Used != 9 || cs[0].Held != 0 {
+		t.Fatalf("Counters = %+v, %v; want used 9, held 0", cs, err)
+	}
+
+	sub := quota.Subscription{Subject: "ex", Plan: "pro", Anchor: month, TimeZone: "UTC"}
+	if err := st.PutSubscription(ctx, sub); err != nil {
+		t.Fatalf("PutSubscription = %v", err)
+	}
+	if got, err := st.GetSubscription(ctx, "ex"); err != nil || got.Plan != "pro" {
+		t.Fatalf("GetSubscription = %+v, %v; want plan pro", got, err)
+	}
+
+	if rs, err := st.Records(ctx, quota.RecordQuery{Subject: "ex"}); err != nil || len(rs) != 2 {
+		t.Fatalf("Records = %+v, %v; want 2 records", rs, err)
+	}
+	sums := func() {
+		t.Helper()
+		got, err := st.Sums(ctx, quota.SumQuery{Subject: "ex", Bounds: []time.Time{month, month.AddDate(0, 1, 0)}})
+		if err != nil || len(got) != 1 || got[0].Amount != 9 || got[0].Count != 2 {
+			t.Fatalf("Sums = %+v, %v; want 9 in 2 uses", got, err)
+		}
+		top, err := st.Top(ctx, quota.TopQuery{Action: "api", From: month, To: month.AddDate(0, 1, 0), Limit: 10})
+		if err != nil || len(top) != 1 || top[0] != (quota.SubjectTotal{Subject: "ex", Amount: 9, Count: 2}) {
+			t.Fatalf("Top = %+v, %v; want ex: 9 in 2 uses", top, err)
+		}
+	}
+	sums()
+
+	ns, err := st.Claim(ctx, t0, time.Minute, 10)
+	if err != nil || len(ns) != 2 {
+		t.Fatalf("Claim = %+v, %v; want 2 notices", ns, err)
+	}
+	if err := st.Retry(ctx, ns[0].ID, t0.Add(time.Hour)); err != nil {
+		t.Fatalf("Retry = %v", err)
+	}
+	if err := st.Ack(ctx, ns[1].ID); err != nil {
+		t.Fatalf("Ack = %v", err)
+	}
+
+	if n, err := st.Prune(ctx, t0.Add(time.Hour), 100); err != nil || n != 2 {
+		t.Fatalf("Prune = %d, %v; want 2", n, err)
+	}
+	sums() // from the rollups now
+	if err := st.Close(); err != nil {
+		t.Fatalf("Close = %v", err)
 	}
 }
