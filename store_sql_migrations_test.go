@@ -2,16 +2,23 @@ package quota_test
 
 import (
 	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"path"
 	"strings"
+	"sync"
 	"testing"
 	"testing/fstest"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
 	"github.com/uptrace/bun"
@@ -281,4 +288,204 @@ func exerciseStore(t *testing.T, st *quota.SQLStore) {
 	if err := st.Close(); err != nil {
 		t.Fatalf("Close = %v", err)
 	}
+}
+
+// TestSQLMigrationsLeastPrivilege applies SQLMigrations with goose as the
+// owner of a schema, and grants a new role exactly what the README says
+// (the same statements as SQLMigrations's documentation), in a database
+// that no longer grants EXECUTE on the schema's functions to PUBLIC.
+// Connected as that role, a store works: every method, and a batch of
+// concurrent calls (quota_batch); DDL and Migrate fail.
+func TestSQLMigrationsLeastPrivilege(t *testing.T) {
+	ctx := t.Context()
+	dsn := newPGSchema(t)
+	u, err := url.Parse(dsn)
+	if err != nil || u.User == nil {
+		t.Skipf("QUOTA_TEST_POSTGRES_DSN is not a URL with a user: %v", err)
+	}
+	schema := u.Query().Get("search_path")
+	owner := openPG(t, dsn, 4)
+	gooseUp(t, owner)
+
+	var rb [6]byte
+	rand.Read(rb[:])
+	role := "quota_t_app_" + hex.EncodeToString(rb[:])
+	admin := openPG(t, pgBaseDSN(t), 1)
+	if _, err := admin.DB.ExecContext(ctx, "CREATE ROLE "+role+" LOGIN"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Before the schema goes: what was granted to the role, then
+		// the role (roles are the cluster's).
+		if _, err := admin.DB.ExecContext(context.Background(), "DROP OWNED BY "+role); err != nil {
+			t.Errorf("DROP OWNED BY %s: %v", role, err)
+		}
+		if _, err := admin.DB.ExecContext(context.Background(), "DROP ROLE "+role); err != nil {
+			t.Errorf("DROP ROLE %s: %v", role, err)
+		}
+	})
+	if _, err := owner.DB.ExecContext(ctx, "REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA "+schema+" FROM PUBLIC"); err != nil {
+		t.Fatal(err)
+	}
+	grants := readmeGrants(t)
+	grants = strings.ReplaceAll(grants, "SCHEMA quota ", "SCHEMA "+schema+" ")
+	grants = strings.ReplaceAll(grants, "quota.quota_", schema+".quota_")
+	grants = strings.ReplaceAll(grants, " TO app;", " TO "+role+";")
+	if strings.Contains(grants, "quota.") || strings.Contains(grants, " app;") {
+		t.Fatalf("the README's grants name other objects than the schema quota and the role app:\n%s", grants)
+	}
+	if _, err := owner.DB.ExecContext(ctx, grants); err != nil {
+		t.Fatalf("the README's grants: %v\n%s", err, grants)
+	}
+
+	u.User = url.User(role)
+	app := openPG(t, u.String(), 8)
+	var who string
+	if err := app.DB.QueryRowContext(ctx, "SELECT current_user").Scan(&who); err != nil || who != role {
+		t.Fatalf("connected as %q, %v; want %s", who, err, role)
+	}
+	st, err := quota.NewSQLStore(app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exerciseStore(t, st)
+	leastPrivilegeBatch(t, admin, owner, app, role)
+
+	for _, ddl := range []string{
+		"CREATE TABLE quota_extra (id bigint)",
+		"CREATE TABLE public.quota_extra (id bigint)",
+		"ALTER TABLE quota_records ADD COLUMN extra bigint",
+		"CREATE INDEX quota_records_extra ON quota_records (amount)",
+		"DROP TABLE quota_notices",
+		"TRUNCATE quota_records",
+		"CREATE OR REPLACE FUNCTION quota_period_rank(p text) RETURNS integer LANGUAGE sql AS 'SELECT 0'",
+	} {
+		_, err := app.DB.ExecContext(ctx, ddl)
+		if pe := (*pgconn.PgError)(nil); !errors.As(err, &pe) || pe.Code != "42501" {
+			t.Errorf("as the app's role, %s = %v; want insufficient_privilege (42501)", ddl, err)
+		}
+	}
+	st, err = quota.NewSQLStore(app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Migrate(ctx); err == nil {
+		t.Error("Migrate as the app's role = nil; want an error: it has no DDL rights")
+	}
+}
+
+// leastPrivilegeBatch writes a batch of Applies, a Commit and a Cancel
+// through app, in one call of quota_batch: a first call waits for a
+// counter that owner locks, and the others queue behind it; admin sees
+// the first one, of role, wait.
+func leastPrivilegeBatch(t *testing.T, admin, owner, app *bun.DB, role string) {
+	t.Helper()
+	ctx := t.Context()
+	st, err := quota.NewSQLStore(app, quota.WithWriters(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var mu sync.Mutex
+	var sizes []int
+	quota.SetBatchHook(st, func(calls []context.Context) {
+		mu.Lock()
+		sizes = append(sizes, len(calls))
+		mu.Unlock()
+	})
+	op := func(subject string, hold string) *quota.Op {
+		o := batchOp(subject)
+		if hold != "" {
+			o.Hold = &quota.Hold{ID: hold, ExpiresAt: sqlT0.Add(time.Hour)}
+		}
+		return o
+	}
+	for _, o := range []*quota.Op{op("org-a", ""), op("org-b", "b-commit"), op("org-b", "b-cancel")} {
+		if res, err := st.Apply(ctx, o); err != nil || !res.Applied {
+			t.Fatalf("Apply = %+v, %v", res, err)
+		}
+	}
+
+	conn, err := owner.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN; SELECT 1 FROM quota_summaries WHERE subject = 'org-a' FOR UPDATE"); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 5)
+	var wg sync.WaitGroup
+	applyErr := func(o *quota.Op) error {
+		res, err := st.Apply(ctx, o)
+		if err == nil && !res.Applied {
+			err = fmt.Errorf("apply for %s refused", o.Record.Subject)
+		}
+		return err
+	}
+	wg.Go(func() { errs <- applyErr(op("org-a", "")) })
+	waitFor(t, "the first call to wait for the lock", func() bool {
+		var n int
+		err := admin.DB.QueryRowContext(ctx, `SELECT count(*) FROM pg_stat_activity
+WHERE usename = $1 AND wait_event_type = 'Lock'`, role).Scan(&n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n > 0
+	})
+	wg.Go(func() { errs <- applyErr(op("org-a", "")) })
+	wg.Go(func() { errs <- applyErr(op("org-c", "")) })
+	wg.Go(func() {
+		_, err := st.Commit(ctx, "b-commit", 1, sqlT0)
+		errs <- err
+	})
+	wg.Go(func() { errs <- st.Cancel(ctx, "b-cancel", sqlT0) })
+	waitFor(t, "four calls to queue", func() bool { return quota.Queued(st) == 4 })
+	if _, err := conn.ExecContext(ctx, "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("a call of the batch: %v", err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []int{1, 1, 1, 1, 4}; fmt.Sprint(sizes) != fmt.Sprint(want) {
+		t.Errorf("batch sizes %v; want %v (the last one by quota_batch)", sizes, want)
+	}
+}
+
+// readmeGrants returns the GRANT statements of the README, and checks that
+// SQLMigrations's documentation has the same.
+func readmeGrants(t *testing.T) string {
+	t.Helper()
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const first = "GRANT USAGE ON SCHEMA quota TO app;\n"
+	_, block, ok := strings.Cut(string(readme), "```sql\n"+first)
+	if !ok {
+		t.Fatal("README.md has no sql block that begins with " + first)
+	}
+	block, _, _ = strings.Cut(block, "```")
+	block = first + block
+
+	src, err := os.ReadFile("store_sql_migrations.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, doc, ok := strings.Cut(string(src), "//\t"+first)
+	if !ok {
+		t.Fatal("SQLMigrations's documentation has no grants that begin with " + first)
+	}
+	doc, _, _ = strings.Cut(doc, "//\n")
+	doc = first + strings.ReplaceAll(doc, "//\t", "")
+	if doc != block {
+		t.Errorf("the grants of README.md and of SQLMigrations's documentation differ.\nREADME:\n%s\ndoc:\n%s", block, doc)
+	}
+	return block
 }
