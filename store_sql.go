@@ -61,6 +61,9 @@ var sqlMigrations embed.FS
 // quota_schema_migrations (Migrate's own bookkeeping, apart from any bun
 // migrations of the app).
 //
+// Apps whose DDL a migration tool applies (goose, atlas) take the same
+// migrations from SQLMigrations, and do not call Migrate.
+//
 // Every method is atomic in the database:
 //
 //   - PostgreSQL: Apply and Commit are one statement each, a call to a
@@ -320,7 +323,8 @@ type sqlQuerier interface {
 // NewSQLStore returns a Store over db: a *bun.DB, a bun.Conn or a bun.Tx
 // (or a pointer to one). It chooses its SQL by db.Dialect().Name(), which
 // must be dialect.SQLite or dialect.PG. It does no I/O: call Migrate before
-// the first use. Close never closes db.
+// the first use, unless a migration tool applies SQLMigrations. Close
+// never closes db.
 func NewSQLStore(db bun.IDB, opts ...SQLOption) (*SQLStore, error) {
 	s := &SQLStore{}
 	switch d := db.(type) {
