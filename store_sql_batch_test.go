@@ -2,6 +2,7 @@ package quota_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -364,16 +365,28 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // pgWaiting returns the number of backends running a statement that
-// contains text and waiting for a lock.
-func pgWaiting(t *testing.T, db *bun.DB, text string) int {
+// contains text and waiting for a lock that the backend blocker holds.
+func pgWaiting(t *testing.T, db *bun.DB, blocker int, text string) int {
 	t.Helper()
 	var n int
 	err := db.DB.QueryRowContext(context.Background(), `SELECT count(*) FROM pg_stat_activity
-WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()`, text).Scan(&n)
+WHERE $1::int = ANY (pg_blocking_pids(pid)) AND query LIKE '%' || $2 || '%'`, blocker, text).Scan(&n)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// backendPID returns the process id of the PostgreSQL backend of q.
+func backendPID(t *testing.T, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) int {
+	t.Helper()
+	var pid int
+	if err := q.QueryRowContext(context.Background(), "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	return pid
 }
 
 // TestSQLStoreBatchQueueCancel: a call whose context ends while it waits in
@@ -412,8 +425,8 @@ func TestSQLStoreBatchQueueCancel(t *testing.T) {
 			first <- err
 		}()
 		if b.name == "pg" {
-			admin := openPGAdmin(t)
-			waitFor(t, "the first call to wait for the lock", func() bool { return pgWaiting(t, admin, "quota_") > 0 })
+			admin, pid := openPGAdmin(t), backendPID(t, conn)
+			waitFor(t, "the first call to wait for the lock", func() bool { return pgWaiting(t, admin, pid, "quota_") > 0 })
 		} else {
 			time.Sleep(100 * time.Millisecond) // the first call waits in busy_timeout
 		}
@@ -543,6 +556,7 @@ func TestSQLStoreBatchConnectionCut(t *testing.T) {
 	if _, err := blocker.ExecContext(ctx, "SELECT 1 FROM quota_summaries WHERE subject = 'org-0' FOR UPDATE"); err != nil {
 		t.Fatal(err)
 	}
+	pid := backendPID(t, blocker)
 	// A first call takes the writer and waits for the lock; n calls
 	// queue behind it; cancelling the first sends them as one batch,
 	// which waits for the lock too.
@@ -552,7 +566,7 @@ func TestSQLStoreBatchConnectionCut(t *testing.T) {
 		_, err := st.Apply(fctx, batchOp("org-0"))
 		first <- err
 	}()
-	waitFor(t, "the first call to wait for the lock", func() bool { return pgWaiting(t, direct, "quota_use") > 0 })
+	waitFor(t, "the first call to wait for the lock", func() bool { return pgWaiting(t, direct, pid, "quota_use") > 0 })
 	errs := make(chan error, n)
 	for i := range n {
 		go func() {
@@ -565,7 +579,7 @@ func TestSQLStoreBatchConnectionCut(t *testing.T) {
 	if err := <-first; err == nil {
 		t.Fatal("the cancelled first call succeeded")
 	}
-	waitFor(t, "the batch to wait for the lock", func() bool { return pgWaiting(t, direct, "quota_batch") > 0 })
+	waitFor(t, "the batch to wait for the lock", func() bool { return pgWaiting(t, direct, pid, "quota_batch") > 0 })
 	proxy.cutAll()
 	for range n {
 		select {
@@ -579,7 +593,7 @@ func TestSQLStoreBatchConnectionCut(t *testing.T) {
 			t.Fatal("a call of the cut batch did not return")
 		}
 	}
-	waitFor(t, "the server to end the cut batch", func() bool { return pgWaiting(t, direct, "quota_batch") == 0 })
+	waitFor(t, "the server to end the cut batch", func() bool { return pgWaiting(t, direct, pid, "quota_batch") == 0 })
 	if err := blocker.Rollback(); err != nil {
 		t.Fatal(err)
 	}
