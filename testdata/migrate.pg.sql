@@ -453,7 +453,6 @@ DECLARE
     v_a     record;
     v_c     record;
     v_n     integer;
-    v_v     bigint;
 BEGIN
     -- Steps 1 to 3 only when the batch asks for them (lock): a batch of
     -- applies alone comes sorted by subject and action, and its calls
@@ -482,27 +481,27 @@ BEGIN
        FOR UPDATE OF s;
     END IF;
 
-    -- 4. The calls, in order.
-    FOR v_op IN SELECT e.value AS e, e.ordinality::integer AS i
-                  FROM jsonb_array_elements(p_batch->'ops') WITH ORDINALITY AS e LOOP
+    -- 4. The calls, in order, each read from the JSON once.
+    FOR v_op IN SELECT x.*, e.i::integer AS i
+                  FROM jsonb_array_elements(p_batch->'ops') WITH ORDINALITY AS e(v, i),
+                       jsonb_to_record(e.v) AS x(k text, s text, a text, p text, st text, en text, mx text, n bigint,
+                                                 f boolean, now timestamptz, t timestamptz, r text, m text, key text,
+                                                 fp text, h text, he timestamptz, mk text, v bigint, id text)
+                 ORDER BY e.i LOOP
         o_i := v_op.i;
         o_status := NULL; o_record_id := NULL; o_hold_id := NULL; o_used := NULL; o_held := NULL;
         o_limits := NULL; o_replay := NULL; o_action := NULL; o_hold_expires := NULL; o_crossed := NULL;
         o_subject := NULL; o_amount := NULL; o_resource_id := NULL; o_metadata := NULL; o_key := NULL; o_time := NULL;
-        CASE v_op.e->>'k'
+        CASE v_op.k
         WHEN 'apply' THEN
-            v_v := coalesce((v_op.e->>'v')::bigint, 0);
-            IF v_v <> 0 AND (CASE WHEN v_v = -1
-                                  THEN EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = v_op.e->>'s')
-                                  ELSE NOT EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = v_op.e->>'s' AND version = v_v)
-                             END) THEN
+            IF coalesce(v_op.v, 0) <> 0 AND (CASE WHEN v_op.v = -1
+                                                THEN EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = v_op.s)
+                                                ELSE NOT EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = v_op.s AND version = v_op.v)
+                                           END) THEN
                 o_status := 'stale';
             ELSE
-                SELECT * INTO v_a FROM quota_apply(
-                    v_op.e->>'s', v_op.e->>'a', v_op.e->>'p', v_op.e->>'st', v_op.e->>'en', v_op.e->>'mx',
-                    (v_op.e->>'n')::bigint, (v_op.e->>'f')::boolean, (v_op.e->>'now')::timestamptz,
-                    (v_op.e->>'t')::timestamptz, v_op.e->>'r', v_op.e->>'m', v_op.e->>'key', v_op.e->>'fp',
-                    v_op.e->>'h', (v_op.e->>'he')::timestamptz, v_op.e->>'mk');
+                SELECT * INTO v_a FROM quota_apply(v_op.s, v_op.a, v_op.p, v_op.st, v_op.en, v_op.mx, v_op.n,
+                    coalesce(v_op.f, false), v_op.now, v_op.t, v_op.r, v_op.m, v_op.key, v_op.fp, v_op.h, v_op.he, v_op.mk);
                 o_status := v_a.o_status;
                 o_record_id := v_a.o_record_id;
                 o_hold_id := v_a.o_hold_id;
@@ -515,7 +514,7 @@ BEGIN
                 o_crossed := v_a.o_crossed::text;
             END IF;
         WHEN 'commit' THEN
-            SELECT * INTO v_c FROM quota_commit(v_op.e->>'id', (v_op.e->>'n')::bigint, (v_op.e->>'now')::timestamptz);
+            SELECT * INTO v_c FROM quota_commit(v_op.id, v_op.n, v_op.now);
             o_status := v_c.o_status;
             o_record_id := v_c.o_id;
             o_subject := v_c.o_subject;
@@ -526,11 +525,11 @@ BEGIN
             o_key := v_c.o_key;
             o_time := v_c.o_time;
         WHEN 'cancel' THEN
-            DELETE FROM quota_holds WHERE id = v_op.e->>'id';
+            DELETE FROM quota_holds WHERE id = v_op.id;
             GET DIAGNOSTICS v_n = ROW_COUNT;
             o_status := CASE WHEN v_n > 0 THEN 'cancelled' ELSE 'not_found' END;
         ELSE
-            RAISE EXCEPTION 'quota: unknown call %', v_op.e->>'k';
+            RAISE EXCEPTION 'quota: unknown call %', v_op.k;
         END CASE;
         RETURN NEXT;
     END LOOP;
