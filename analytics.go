@@ -64,7 +64,12 @@ type Point struct {
 // of one action or of all, in buckets of a calendar period in a time zone.
 // Stores that are a Summer compute the sums (SQL stores in SQL, with
 // their indexes); points come ordered by Start, then Action.
-func (q *Quota) Series(ctx context.Context, sq SeriesQuery) ([]Point, error) {
+func (q *Quota) Series(ctx context.Context, sq SeriesQuery) (_ []Point, err error) {
+	if q.obs != nil {
+		var end func(error)
+		ctx, end = q.startCall(ctx, CallEvent{Method: MethodSeries, Subject: sq.Subject, Action: sq.Action})
+		defer func() { end(err) }()
+	}
 	if err := q.begin(ctx); err != nil {
 		return nil, errorf("series: %w", err)
 	}
@@ -266,7 +271,12 @@ type SubjectTotal struct {
 // TopSubjects returns the subjects with the largest total amount of
 // tq.Action in the range, largest first (ties by subject), at most
 // tq.Limit of them.
-func (q *Quota) TopSubjects(ctx context.Context, tq TopQuery) ([]SubjectTotal, error) {
+func (q *Quota) TopSubjects(ctx context.Context, tq TopQuery) (_ []SubjectTotal, err error) {
+	if q.obs != nil {
+		var end func(error)
+		ctx, end = q.startCall(ctx, CallEvent{Method: MethodTopSubjects, Action: tq.Action})
+		defer func() { end(err) }()
+	}
 	if err := q.begin(ctx); err != nil {
 		return nil, errorf("top subjects: %w", err)
 	}

@@ -53,7 +53,12 @@ type Page struct {
 // Pages are cut by record ID, so that walking them while uses go on
 // returns every record that existed when the walk began exactly once:
 // new records come before the first page, never between pages.
-func (q *Quota) History(ctx context.Context, hq HistoryQuery) (Page, error) {
+func (q *Quota) History(ctx context.Context, hq HistoryQuery) (_ Page, err error) {
+	if q.obs != nil {
+		var end func(error)
+		ctx, end = q.startCall(ctx, CallEvent{Method: MethodHistory, Subject: hq.Subject, Action: hq.Action})
+		defer func() { end(err) }()
+	}
 	if err := q.begin(ctx); err != nil {
 		return Page{}, errorf("history: %w", err)
 	}

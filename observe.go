@@ -7,7 +7,7 @@ import (
 )
 
 // Observer receives what a Quota does, as it happens, for metrics,
-// traces and logs: each engine call that meters a use (Call), each
+// traces and logs: each engine call that touches the store (Call), each
 // decision (Decision), each call to the store (StoreCall) and each
 // delivery of a notification (Delivery). Set it in Config.Observer.
 //
@@ -30,10 +30,13 @@ import (
 // Package github.com/quotakit/quota/contrib/otel, a module of its own,
 // builds an Observer that records OpenTelemetry metrics and spans.
 type Observer struct {
-	// Call is called when an engine call begins: Check, Consume, Track,
+	// Call is called when an engine call begins, before anything else
+	// (a call with a nil ctx is not observed): Check, Consume, Track,
 	// Reserve, CommitReservation (and Reservation.Commit and
-	// CommitAmount), or CancelReservation (and Reservation.Cancel),
-	// before anything else (a call with a nil ctx is not observed). The
+	// CommitAmount), CancelReservation (and Reservation.Cancel), and
+	// every other method of Quota that reads or writes the store:
+	// Subscribe, SchedulePlan, Subscription, HasFeature, Limits, Usage,
+	// Series, TopSubjects, History and Prune. The
 	// context it returns replaces ctx for the rest of the call: the
 	// store's calls, Decision and StoreCall receive it, so that a span
 	// started here encloses them. It must be derived from ctx (its
@@ -61,7 +64,7 @@ type Observer struct {
 }
 
 // The engine calls, as CallEvent.Method and DecisionEvent.Method name
-// them.
+// them. Only the first four make decisions (DecisionEvent).
 const (
 	MethodCheck   = "check"
 	MethodConsume = "consume"
@@ -69,19 +72,35 @@ const (
 	MethodReserve = "reserve"
 	MethodCommit  = "commit"
 	MethodCancel  = "cancel"
+
+	MethodSubscribe    = "subscribe"     // Subscribe
+	MethodSchedulePlan = "schedule_plan" // SchedulePlan
+	MethodSubscription = "subscription"  // Subscription
+	MethodHasFeature   = "has_feature"   // HasFeature
+	MethodLimits       = "limits"        // Limits
+	MethodUsage        = "usage"         // Usage
+	MethodSeries       = "series"        // Series
+	MethodTopSubjects  = "top_subjects"  // TopSubjects
+	MethodHistory      = "history"       // History
+	MethodPrune        = "prune"         // Prune
 )
 
 // CallEvent describes an engine call as it begins (Observer.Call).
 type CallEvent struct {
-	// Method is the call: MethodCheck, MethodConsume, MethodTrack,
-	// MethodReserve, MethodCommit or MethodCancel.
+	// Method is the call: one of the Method constants.
 	Method string
-	// Subject, Action and Amount are the use's, as given (not yet
-	// validated); empty for MethodCommit and MethodCancel, but the
-	// amount to commit.
+	// Subject and Action are the call's, as given (not yet validated),
+	// where it has them: the use's for a use (MethodCheck, ...,
+	// MethodReserve); the subject's for MethodSubscribe,
+	// MethodSchedulePlan, MethodSubscription, MethodHasFeature and
+	// MethodUsage; both for MethodLimits; the query's filters for
+	// MethodSeries and MethodHistory ("" for every subject or action)
+	// and its action for MethodTopSubjects. Empty otherwise.
 	Subject string
 	Action  string
-	Amount  int64
+	// Amount is the use's amount, or the amount to commit; 0 for the
+	// other calls.
+	Amount int64
 	// Reservation is the reservation's ID, for MethodCommit and
 	// MethodCancel.
 	Reservation string

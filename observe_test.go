@@ -119,10 +119,18 @@ func TestObserveCalls(t *testing.T) {
 	if err := q.Subscribe(ctx, quota.Subscription{Subject: "alice", Plan: "FREE"}); err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range r.take() {
-		if !strings.HasPrefix(l, "store in -: ") { // no engine call: no Call
-			t.Errorf("Subscribe: observed %q; want store calls outside any engine call", l)
-		}
+	wantSub := []string{
+		"call subscribe alice  0 ",
+		"store in subscribe: GetSubscription batch=1 err=<store err>",
+		"store in subscribe: PutSubscription batch=1 err=<nil>",
+		"end subscribe: <nil>",
+	}
+	gotSub := r.take()
+	if len(gotSub) > 1 && strings.Contains(gotSub[1], "no subscription") { // the wording is the store's
+		gotSub[1] = "store in subscribe: GetSubscription batch=1 err=<store err>"
+	}
+	if diff := cmp.Diff(wantSub, gotSub); diff != "" {
+		t.Errorf("subscribe: observed (-want +got):\n%s", diff)
 	}
 
 	upload := quota.Use{Subject: "alice", Action: "diagram.upload", Amount: 1}
@@ -239,6 +247,185 @@ func TestObserveCalls(t *testing.T) {
 	for _, e := range r.store {
 		if e.Start.IsZero() || e.Duration < 0 {
 			t.Errorf("store event %s: Start %v, Duration %v; want a start and a duration", e.Operation, e.Start, e.Duration)
+		}
+	}
+}
+
+// spyStore is a MemoryStore, optional interfaces included, that tells
+// which engine call each of its reads and writes ran in.
+type spyStore struct {
+	*quota.MemoryStore
+	r *recorder
+}
+
+func (s spyStore) saw(ctx context.Context) { s.r.add("store sees ctx of %s", in(ctx)) }
+
+func (s spyStore) Counters(ctx context.Context, keys []quota.CounterKey, now time.Time) ([]quota.Counter, error) {
+	s.saw(ctx)
+	return s.MemoryStore.Counters(ctx, keys, now)
+}
+
+func (s spyStore) PutSubscription(ctx context.Context, sub quota.Subscription) error {
+	s.saw(ctx)
+	return s.MemoryStore.PutSubscription(ctx, sub)
+}
+
+func (s spyStore) GetSubscription(ctx context.Context, subject string) (quota.Subscription, error) {
+	s.saw(ctx)
+	return s.MemoryStore.GetSubscription(ctx, subject)
+}
+
+func (s spyStore) Records(ctx context.Context, q quota.RecordQuery) ([]quota.Record, error) {
+	s.saw(ctx)
+	return s.MemoryStore.Records(ctx, q)
+}
+
+func (s spyStore) Sums(ctx context.Context, q quota.SumQuery) ([]quota.Sum, error) {
+	s.saw(ctx)
+	return s.MemoryStore.Sums(ctx, q)
+}
+
+func (s spyStore) Top(ctx context.Context, q quota.TopQuery) ([]quota.SubjectTotal, error) {
+	s.saw(ctx)
+	return s.MemoryStore.Top(ctx, q)
+}
+
+func (s spyStore) Prune(ctx context.Context, before time.Time, limit int) (int64, error) {
+	s.saw(ctx)
+	return s.MemoryStore.Prune(ctx, before, limit)
+}
+
+// TestObserveEveryCall checks that each method of Quota that reads or
+// writes the store, beyond the uses of TestObserveCalls, is one engine
+// call: Call once, with its method, subject and action, then its store
+// calls, which the store and StoreCall see in the context Call returned,
+// then its end, with the error the method returns.
+func TestObserveEveryCall(t *testing.T) {
+	ctx := context.Background()
+	r := &recorder{}
+	now := time.Date(2026, time.March, 10, 12, 0, 0, 0, time.UTC)
+	q, err := quota.New(spyStore{quota.NewMemoryStore(), r}, quota.Config{
+		Plans: []quota.Plan{
+			{Name: "FREE", Limits: map[string][]quota.Limit{"diagram.upload": {quota.PerMonth(5)}}, Features: []string{"api_access"}},
+			{Name: "PRO", Limits: map[string][]quota.Limit{"diagram.upload": {quota.PerMonth(100)}}},
+		},
+		Now:      func() time.Time { return now },
+		Observer: r.observer(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if err := q.Subscribe(ctx, quota.Subscription{Subject: "alice", Plan: "FREE", Anchor: now}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Consume(ctx, quota.Use{Subject: "alice", Action: "diagram.upload", Amount: 2}); err != nil {
+		t.Fatal(err)
+	}
+	r.take()
+
+	// get and put are the lines of a GetSubscription and a
+	// PutSubscription in method m; sees those of another operation.
+	get := func(m string) []string {
+		return []string{"store sees ctx of " + m, "store in " + m + ": GetSubscription batch=1 err=<nil>"}
+	}
+	put := func(m string) []string {
+		return []string{"store sees ctx of " + m, "store in " + m + ": PutSubscription batch=1 err=<nil>"}
+	}
+	sees := func(m, op string) []string {
+		return []string{"store sees ctx of " + m, "store in " + m + ": " + op + " batch=1 err=<nil>"}
+	}
+	lines := func(parts ...any) []string {
+		var out []string
+		for _, p := range parts {
+			switch p := p.(type) {
+			case string:
+				out = append(out, p)
+			case []string:
+				out = append(out, p...)
+			}
+		}
+		return out
+	}
+	day := 24 * time.Hour
+	steps := []struct {
+		name    string
+		run     func() error
+		wantErr error
+		want    []string
+	}{
+		{"Subscribe", func() error {
+			return q.Subscribe(ctx, quota.Subscription{Subject: "alice", Plan: "FREE"})
+		}, nil, lines("call subscribe alice  0 ", get("subscribe"), put("subscribe"), "end subscribe: <nil>")},
+		{"SchedulePlan", func() error {
+			_, err := q.SchedulePlan(ctx, "alice", "PRO")
+			return err
+		}, nil, lines("call schedule_plan alice  0 ", get("schedule_plan"), put("schedule_plan"), "end schedule_plan: <nil>")},
+		{"Subscription", func() error {
+			_, err := q.Subscription(ctx, "alice")
+			return err
+		}, nil, lines("call subscription alice  0 ", get("subscription"), "end subscription: <nil>")},
+		{"Subscription of nobody", func() error {
+			_, err := q.Subscription(ctx, "nobody")
+			return err
+		}, quota.ErrNoSubscription, lines("call subscription nobody  0 ",
+			"store sees ctx of subscription", "store in subscription: GetSubscription batch=1 err=<store err>",
+			"end subscription: <err>")},
+		{"HasFeature", func() error {
+			ok, err := q.HasFeature(ctx, "alice", "api_access")
+			if err == nil && !ok {
+				err = errors.New("HasFeature = false; want true")
+			}
+			return err
+		}, nil, lines("call has_feature alice  0 ", get("has_feature"), "end has_feature: <nil>")},
+		{"Limits", func() error {
+			_, err := q.Limits(ctx, "alice", "diagram.upload")
+			return err
+		}, nil, lines("call limits alice diagram.upload 0 ", get("limits"), "end limits: <nil>")},
+		{"Usage", func() error {
+			_, err := q.Usage(ctx, "alice")
+			return err
+		}, nil, lines("call usage alice  0 ", get("usage"), sees("usage", "Counters"), "end usage: <nil>")},
+		{"Series", func() error {
+			_, err := q.Series(ctx, quota.SeriesQuery{Subject: "alice", Action: "diagram.upload", From: now.Add(-day), To: now.Add(day)})
+			return err
+		}, nil, lines("call series alice diagram.upload 0 ", get("series"), sees("series", "Sums"), "end series: <nil>")},
+		{"TopSubjects", func() error {
+			_, err := q.TopSubjects(ctx, quota.TopQuery{Action: "diagram.upload", From: now.Add(-day), To: now.Add(day)})
+			return err
+		}, nil, lines("call top_subjects  diagram.upload 0 ", sees("top_subjects", "Top"), "end top_subjects: <nil>")},
+		{"History", func() error {
+			_, err := q.History(ctx, quota.HistoryQuery{Subject: "alice"})
+			return err
+		}, nil, lines("call history alice  0 ", sees("history", "Records"), "end history: <nil>")},
+		{"Prune", func() error {
+			_, err := q.Prune(ctx, now.Add(day), 0)
+			return err
+		}, nil, lines("call prune   0 ", sees("prune", "Prune"), "end prune: <nil>")},
+		{"invalid", func() error {
+			_, err := q.Usage(ctx, "")
+			return err
+		}, quota.ErrInvalidSubject, lines("call usage   0 ", "end usage: <err>")},
+	}
+	for _, s := range steps {
+		r.mu.Lock()
+		r.store = nil
+		r.mu.Unlock()
+		err := s.run()
+		if s.wantErr == nil && err != nil || !errors.Is(err, s.wantErr) {
+			t.Fatalf("%s: error %v; want %v", s.name, err, s.wantErr)
+		}
+		got := r.take()
+		for i := range got {
+			if err != nil {
+				got[i] = strings.ReplaceAll(got[i], err.Error(), "<err>")
+			}
+			if n := len(r.store); n > 0 && r.store[n-1].Err != nil {
+				got[i] = strings.ReplaceAll(got[i], r.store[n-1].Err.Error(), "<store err>")
+			}
+		}
+		if diff := cmp.Diff(s.want, got); diff != "" {
+			t.Errorf("%s: observed (-want +got):\n%s", s.name, diff)
 		}
 	}
 }
@@ -503,10 +690,12 @@ func ExampleObserver() {
 
 // BenchmarkConsume measures Consume over MemoryStore, on one subject,
 // without an Observer (observer=nil, the default), and with Observers
-// that do nothing but be called: decisions only, and every hook with a
-// context returned by Call. The difference between them is the price of
-// the hooks; the price of the nil check is measured against the engine
-// without hooks (see README, Observability).
+// that do nothing but be called: decisions only, and all four functions,
+// no-ops, Call returning the context it got. The difference between
+// them is the price of the hooks; the price of the nil check is measured
+// against the engine without hooks (see README, Observability, and
+// BENCHMARKS.md, Observer). contrib/otel's BenchmarkConsume measures the
+// OpenTelemetry adapter.
 //
 // Besides ns/op, the wall-clock time, it reports cpu-ns/op where Linux
 // tells the CPU time of a thread: the time the benchmark's thread ran,
@@ -526,6 +715,7 @@ func BenchmarkConsume(b *testing.B) {
 			},
 			Decision:  nop,
 			StoreCall: func(context.Context, quota.StoreEvent) {},
+			Delivery:  func(context.Context, quota.DeliveryEvent) {},
 		}},
 	}
 	for _, o := range observers {

@@ -39,7 +39,12 @@ type WindowUsage struct {
 
 // Usage reports subject's usage of every action its plan (and its
 // overrides) limits, in action order, with the plan's features.
-func (q *Quota) Usage(ctx context.Context, subject string) (Report, error) {
+func (q *Quota) Usage(ctx context.Context, subject string) (_ Report, err error) {
+	if q.obs != nil {
+		var end func(error)
+		ctx, end = q.startCall(ctx, CallEvent{Method: MethodUsage, Subject: subject})
+		defer func() { end(err) }()
+	}
 	if err := q.begin(ctx); err != nil {
 		return Report{}, errorf("usage: %w", err)
 	}

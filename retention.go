@@ -21,7 +21,12 @@ const RollupStep = 15 * time.Minute
 // the pruned records. Prune returns how many records it deleted, also
 // when ctx ends it early. A store that is not a Pruner gives an error
 // matching errors.ErrUnsupported.
-func (q *Quota) Prune(ctx context.Context, before time.Time, batch int) (int64, error) {
+func (q *Quota) Prune(ctx context.Context, before time.Time, batch int) (_ int64, err error) {
+	if q.obs != nil {
+		var end func(error)
+		ctx, end = q.startCall(ctx, CallEvent{Method: MethodPrune})
+		defer func() { end(err) }()
+	}
 	if err := q.begin(ctx); err != nil {
 		return 0, errorf("prune: %w", err)
 	}

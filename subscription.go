@@ -66,7 +66,12 @@ func (q *Quota) location(name string) (*time.Location, error) {
 // upgrade counts the usage already recorded in the current windows
 // against the new limits. To downgrade at the end of the paid period
 // instead, use SchedulePlan.
-func (q *Quota) Subscribe(ctx context.Context, s Subscription) error {
+func (q *Quota) Subscribe(ctx context.Context, s Subscription) (err error) {
+	if q.obs != nil {
+		var end func(error)
+		ctx, end = q.startCall(ctx, CallEvent{Method: MethodSubscribe, Subject: s.Subject})
+		defer func() { end(err) }()
+	}
 	if err := q.begin(ctx); err != nil {
 		return errorf("subscribe: %w", err)
 	}
@@ -120,7 +125,12 @@ func (q *Quota) Subscribe(ctx context.Context, s Subscription) error {
 // billing month, so that a downgrade keeps the allowance paid for until
 // then. It returns when the change takes effect. A later Subscribe
 // replaces the schedule.
-func (q *Quota) SchedulePlan(ctx context.Context, subject, plan string) (time.Time, error) {
+func (q *Quota) SchedulePlan(ctx context.Context, subject, plan string) (_ time.Time, err error) {
+	if q.obs != nil {
+		var end func(error)
+		ctx, end = q.startCall(ctx, CallEvent{Method: MethodSchedulePlan, Subject: subject})
+		defer func() { end(err) }()
+	}
 	if err := q.begin(ctx); err != nil {
 		return time.Time{}, errorf("schedule: %w", err)
 	}
@@ -164,7 +174,12 @@ func newVersion() int64 { return rand.Int64N(math.MaxInt64) + 1 }
 
 // Subscription returns the subscription of subject as stored, or an error
 // matching ErrNoSubscription.
-func (q *Quota) Subscription(ctx context.Context, subject string) (Subscription, error) {
+func (q *Quota) Subscription(ctx context.Context, subject string) (_ Subscription, err error) {
+	if q.obs != nil {
+		var end func(error)
+		ctx, end = q.startCall(ctx, CallEvent{Method: MethodSubscription, Subject: subject})
+		defer func() { end(err) }()
+	}
 	if err := q.begin(ctx); err != nil {
 		return Subscription{}, errorf("subscription: %w", err)
 	}
@@ -303,7 +318,12 @@ func (s *subscriber) appendCounters(dst []CounterOp, action string, limits []Lim
 }
 
 // HasFeature reports whether the plan in force for subject grants feature.
-func (q *Quota) HasFeature(ctx context.Context, subject, feature string) (bool, error) {
+func (q *Quota) HasFeature(ctx context.Context, subject, feature string) (_ bool, err error) {
+	if q.obs != nil {
+		var end func(error)
+		ctx, end = q.startCall(ctx, CallEvent{Method: MethodHasFeature, Subject: subject})
+		defer func() { end(err) }()
+	}
 	if err := q.begin(ctx); err != nil {
 		return false, errorf("has: %w", err)
 	}
@@ -331,7 +351,12 @@ func (q *Quota) HasFeature(ctx context.Context, subject, feature string) (bool, 
 // without a Check. The slice is the caller's. An action that no plan of
 // the catalog limits is an error matching ErrUnknownAction; a subject
 // with no plan in force, ErrNoSubscription or ErrUnknownPlan.
-func (q *Quota) Limits(ctx context.Context, subject, action string) ([]Limit, error) {
+func (q *Quota) Limits(ctx context.Context, subject, action string) (_ []Limit, err error) {
+	if q.obs != nil {
+		var end func(error)
+		ctx, end = q.startCall(ctx, CallEvent{Method: MethodLimits, Subject: subject, Action: action})
+		defer func() { end(err) }()
+	}
 	if err := q.begin(ctx); err != nil {
 		return nil, errorf("limits: %w", err)
 	}

@@ -29,10 +29,15 @@
 // # Spans
 //
 // Each engine call is a span, named for the method: quota.Check,
-// quota.Consume, quota.Track, quota.Reserve, quota.Commit and
-// quota.Cancel, a child of the span in the caller's context, with
-// quota.action and quota.amount (quota.reservation.id for Commit and
-// Cancel), and once decided quota.plan, quota.outcome, quota.reason and
+// quota.Consume, quota.Track, quota.Reserve, quota.Commit,
+// quota.Cancel, and the other calls that read or write the store,
+// quota.Subscribe, quota.SchedulePlan, quota.Subscription,
+// quota.HasFeature, quota.Limits, quota.Usage, quota.Series,
+// quota.TopSubjects, quota.History and quota.Prune; a child of the span
+// in the caller's context, with quota.method, quota.action where the
+// call has one (a use's, a query's filter) and quota.amount
+// (quota.reservation.id for Commit and Cancel), and once decided (Check,
+// Consume, Track, Reserve) quota.plan, quota.outcome, quota.reason and
 // quota.level. Each call to the store is a child span of the call that
 // made it, named quota.store.<operation> (quota.store.Apply), with the
 // store call's own start and end times; the context handed to the store
@@ -222,6 +227,17 @@ var spanNames = map[string]string{
 	quota.MethodReserve: "quota.Reserve",
 	quota.MethodCommit:  "quota.Commit",
 	quota.MethodCancel:  "quota.Cancel",
+
+	quota.MethodSubscribe:    "quota.Subscribe",
+	quota.MethodSchedulePlan: "quota.SchedulePlan",
+	quota.MethodSubscription: "quota.Subscription",
+	quota.MethodHasFeature:   "quota.HasFeature",
+	quota.MethodLimits:       "quota.Limits",
+	quota.MethodUsage:        "quota.Usage",
+	quota.MethodSeries:       "quota.Series",
+	quota.MethodTopSubjects:  "quota.TopSubjects",
+	quota.MethodHistory:      "quota.History",
+	quota.MethodPrune:        "quota.Prune",
 }
 
 func (o *observer) call(ctx context.Context, e quota.CallEvent) (context.Context, func(error)) {
@@ -305,8 +321,9 @@ func (o *observer) storeCall(ctx context.Context, e quota.StoreEvent) {
 	o.storeTime.Record(ctx, e.Duration.Seconds(), o.storeOption(e.Operation, typ)...)
 	if !trace.SpanFromContext(ctx).IsRecording() {
 		// A call that is not sampled, or a store call outside any
-		// trace (a call of Usage, say, by a caller that does not
-		// trace): no span, rather than a trace of its own.
+		// engine call (the Quota's own work: releasing or sweeping
+		// holds, delivering notifications): no span, rather than a
+		// trace of its own.
 		return
 	}
 	_, span := o.tracer.Start(ctx, "quota.store."+e.Operation,
@@ -375,6 +392,9 @@ var answers = []struct {
 	{quota.ErrInvalidKey, "invalid_input"},
 	{quota.ErrInvalidName, "invalid_input"},
 	{quota.ErrInvalidMetadata, "invalid_input"},
+	{quota.ErrInvalidSubscription, "invalid_input"},
+	{quota.ErrInvalidCursor, "invalid_input"},
+	{errors.ErrUnsupported, "unsupported"},
 }
 
 // errorType classifies err for the error.type attribute: a bounded set

@@ -3,6 +3,8 @@ package quotaotel_test
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -177,14 +179,19 @@ func TestScriptedRun(t *testing.T) {
 		t.Fatalf("%d quota.Consume spans; want 13", len(consumes))
 	}
 	outcomes := map[string]int{}
-	for _, s := range consumes {
+	for i, s := range consumes {
 		if s.Parent().SpanID() != root.SpanContext().SpanID() {
 			t.Errorf("quota.Consume's parent is %v; want the caller's span", s.Parent().SpanID())
 		}
 		outcomes[attr(s, quotaotel.AttrOutcome)]++
-		kids := h.children(s)
-		if len(kids) != 2 || kids[0] != "quota.store.GetSubscription" || kids[1] != "quota.store.Apply" {
-			t.Errorf("quota.Consume's children = %q; want its store calls, GetSubscription and Apply", kids)
+		// The first use reads the subscription; the others find it in
+		// the Quota's cache (MemoryStore is Versioned).
+		want := []string{"quota.store.Apply"}
+		if i == 0 {
+			want = []string{"quota.store.GetSubscription", "quota.store.Apply"}
+		}
+		if kids := h.children(s); !slices.Equal(kids, want) {
+			t.Errorf("quota.Consume %d's children = %q; want its store calls, %q", i+1, kids, want)
 		}
 		if s.Status().Code != codes.Unset {
 			t.Errorf("quota.Consume status = %v; want unset: a denial is not an error", s.Status())
@@ -298,6 +305,126 @@ func TestReservationSpans(t *testing.T) {
 				t.Errorf("its store call: status %v, error.type %q; want unset (an answer, not a failure), reservation_not_found", c.Status(), attr(c, quotaotel.AttrErrorType))
 			}
 		}
+	}
+}
+
+// TestEveryCallSpans checks that each engine call that reads or writes
+// the store but makes no decision is one span, named for its method, in
+// the caller's trace, whose children are its store calls, in order; and
+// that no store call of theirs is a span of its own.
+func TestEveryCallSpans(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, time.March, 10, 12, 0, 0, 0, time.UTC)
+	h := newHarness(t, quota.NewMemoryStore(), quota.Config{
+		Plans: []quota.Plan{
+			{Name: "FREE", Limits: map[string][]quota.Limit{"diagram.upload": {quota.PerMonth(10)}}, Features: []string{"api_access"}},
+			{Name: "PRO", Limits: map[string][]quota.Limit{"diagram.upload": {quota.PerMonth(100)}}},
+		},
+		Now: func() time.Time { return now },
+	})
+	ctx, root := h.tp.Tracer("test").Start(ctx, "request")
+	day := 24 * time.Hour
+	calls := []struct {
+		span, method string
+		run          func() error
+		// children are the store calls, as their spans' names
+		// without "quota.store.".
+		children []string
+	}{
+		{"quota.Subscribe", quota.MethodSubscribe, func() error {
+			return h.q.Subscribe(ctx, quota.Subscription{Subject: "alice", Plan: "FREE"})
+		}, []string{"GetSubscription", "PutSubscription"}},
+		{"quota.SchedulePlan", quota.MethodSchedulePlan, func() error {
+			_, err := h.q.SchedulePlan(ctx, "alice", "PRO")
+			return err
+		}, []string{"GetSubscription", "PutSubscription"}},
+		{"quota.Subscription", quota.MethodSubscription, func() error {
+			_, err := h.q.Subscription(ctx, "alice")
+			return err
+		}, []string{"GetSubscription"}},
+		{"quota.HasFeature", quota.MethodHasFeature, func() error {
+			_, err := h.q.HasFeature(ctx, "alice", "api_access")
+			return err
+		}, []string{"GetSubscription"}},
+		{"quota.Limits", quota.MethodLimits, func() error {
+			_, err := h.q.Limits(ctx, "alice", "diagram.upload")
+			return err
+		}, []string{"GetSubscription"}},
+		{"quota.Usage", quota.MethodUsage, func() error {
+			_, err := h.q.Usage(ctx, "alice")
+			return err
+		}, []string{"GetSubscription", "Counters"}},
+		{"quota.Series", quota.MethodSeries, func() error {
+			_, err := h.q.Series(ctx, quota.SeriesQuery{Subject: "alice", Action: "diagram.upload", From: now.Add(-day), To: now.Add(day)})
+			return err
+		}, []string{"GetSubscription", "Sums"}},
+		{"quota.TopSubjects", quota.MethodTopSubjects, func() error {
+			_, err := h.q.TopSubjects(ctx, quota.TopQuery{Action: "diagram.upload", From: now.Add(-day), To: now.Add(day)})
+			return err
+		}, []string{"Top"}},
+		{"quota.History", quota.MethodHistory, func() error {
+			_, err := h.q.History(ctx, quota.HistoryQuery{Subject: "alice"})
+			return err
+		}, []string{"Records"}},
+		{"quota.Prune", quota.MethodPrune, func() error {
+			_, err := h.q.Prune(ctx, now.Add(day), 0)
+			return err
+		}, []string{"Prune"}},
+	}
+	for _, c := range calls {
+		if err := c.run(); err != nil {
+			t.Fatalf("%s: %v", c.span, err)
+		}
+	}
+	root.End()
+
+	callIDs := map[trace.SpanID]bool{}
+	for _, c := range calls {
+		spans := h.spansNamed(c.span)
+		if len(spans) != 1 {
+			t.Errorf("%d %s spans; want 1", len(spans), c.span)
+			continue
+		}
+		s := spans[0]
+		callIDs[s.SpanContext().SpanID()] = true
+		if s.Parent().SpanID() != root.SpanContext().SpanID() {
+			t.Errorf("%s's parent is %v; want the caller's span", c.span, s.Parent().SpanID())
+		}
+		var want []string
+		for _, op := range c.children {
+			want = append(want, "quota.store."+op)
+		}
+		if got := h.children(s); !slices.Equal(got, want) {
+			t.Errorf("%s's children = %q; want %q", c.span, got, want)
+		}
+		if s.Status().Code != codes.Unset {
+			t.Errorf("%s status = %v; want unset", c.span, s.Status())
+		}
+		if got := attr(s, quotaotel.AttrMethod); got != c.method {
+			t.Errorf("%s quota.method = %q; want %q", c.span, got, c.method)
+		}
+	}
+	if got := attr(h.spansNamed("quota.Limits")[0], quotaotel.AttrAction); got != "diagram.upload" {
+		t.Errorf("quota.Limits quota.action = %q; want diagram.upload", got)
+	}
+	for _, s := range h.spans.Ended() {
+		if strings.HasPrefix(s.Name(), "quota.store.") && !callIDs[s.Parent().SpanID()] {
+			t.Errorf("%s's parent is %v; want one of the calls' spans", s.Name(), s.Parent().SpanID())
+		}
+	}
+
+	// A call that fails is a span with status Error.
+	if _, err := h.q.Subscription(context.Background(), "nobody"); !errors.Is(err, quota.ErrNoSubscription) {
+		t.Fatalf("Subscription of nobody = %v; want ErrNoSubscription", err)
+	}
+	spans := h.spansNamed("quota.Subscription")
+	last := spans[len(spans)-1]
+	if last.Parent().IsValid() || last.Status().Code != codes.Error || attr(last, quotaotel.AttrErrorType) != "no_subscription" {
+		t.Errorf("failed quota.Subscription: parent %v, status %v, error.type %q; want a root span, Error, no_subscription",
+			last.Parent().SpanID(), last.Status(), attr(last, quotaotel.AttrErrorType))
+	}
+	if kids := h.children(last); len(kids) != 1 || kids[0] != "quota.store.GetSubscription" {
+		t.Errorf("failed quota.Subscription's children = %q; want its GetSubscription", kids)
 	}
 }
 
