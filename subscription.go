@@ -287,12 +287,11 @@ func (s *subscriber) counters(action string, limits []Limit, now time.Time) []Co
 // CounterKey.Less.
 func (s *subscriber) appendCounters(dst []CounterOp, action string, limits []Limit, now time.Time) []CounterOp {
 	for _, l := range limits {
-		start, end := s.windows.window(l.Period, now, s.sub.Anchor, s.loc)
-		dst = append(dst, CounterOp{
-			CounterKey: CounterKey{Subject: s.sub.Subject, Action: action, Period: l.Period, Start: start},
-			End:        end,
-			Max:        l.Max,
-		})
+		// In place, field by field: a CounterOp is over 100 bytes.
+		dst = append(dst, CounterOp{})
+		c := &dst[len(dst)-1]
+		c.Subject, c.Action, c.Period, c.Max = s.sub.Subject, action, l.Period, l.Max
+		c.Start, c.End = s.windows.window(l.Period, now, s.sub.Anchor, s.loc)
 	}
 	if s.q.notifier != nil {
 		for i := len(dst) - len(limits); i < len(dst); i++ {
