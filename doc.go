@@ -96,16 +96,16 @@
 // # Users and store authors
 //
 // Applications use New, Config, Quota and its methods, Plan and Limit
-// (PerMonth, Total, ...), Use, Decision, LimitStatus, Reservation,
-// Subscription, Report, SeriesQuery, TopQuery, HistoryQuery, Record,
-// Notification, the HTTP Middleware and UsageHandler with their options,
-// and the two stores: MemoryStore and SQLStore.
+// (PerMonth, Total, ...), Use, Decision, LimitStatus, LimitStatuses,
+// Reservation, Subscription, Report, SeriesQuery, TopQuery, HistoryQuery,
+// Record, Notification, the HTTP Middleware and UsageHandler with their
+// options, and the two stores: MemoryStore and SQLStore.
 //
 // Store authors implement Store, and optionally Summer, Ranker, Pruner,
 // Outbox, Sweeper and Versioned; they meet Op, CounterOp, CounterKey,
 // Counter, Crossing, Hold, ApplyResult, Notice, RecordQuery, SumQuery,
-// Sum and VersionNone, and may call Admit, the admission rule. Package quotatest is the
-// conformance suite every store passes.
+// Sum and VersionNone, and may call Admit, the admission rule. Package
+// quotatest is the conformance suite every store passes.
 //
 // # Stores
 //
