@@ -63,15 +63,17 @@
 // # Plan changes
 //
 // After Subscribe or SchedulePlan returns, no use that Consume, Track or
-// Reserve applies is judged against the plan it replaced, whichever
-// Quota (in this process or another sharing the store) makes it. Over a
-// store that versions subscriptions (Versioned: MemoryStore is) a Quota
-// caches the subscriptions of the subjects it meters, at most 65,536,
-// and reads none per use: the store applies a use only if the
-// subscription it was judged against is still the one stored, and the
-// Quota otherwise reads the subscription again and judges the use again.
-// Check, Usage, HasFeature, Limits and the other readers read the
-// subscription from the store on every call.
+// Reserve then makes is judged against the plan it replaced, whichever
+// Quota makes it, in this process or another sharing the store. Over a
+// store that versions subscriptions (Versioned: MemoryStore is) this
+// holds for every use the store applies after the change, even one that
+// began before it: the store applies a use only if the subscription it
+// was judged against is still the one stored, and the Quota otherwise
+// reads the subscription again and judges the use again. Such a Quota
+// caches the subscriptions of the subjects it meters, at most 65,536, and
+// reads none per use; over another store it reads the subscription for
+// every use. Check, Usage, HasFeature, Limits and the other readers read
+// the subscription from the store on every call.
 //
 // # Failures, cancellation and time bounds
 //
