@@ -31,9 +31,9 @@ func (discard) ForceFlush(context.Context) error                { return nil }
 // the no-op providers, as with an app that links OpenTelemetry but set
 // no SDK (otel=noop); over the SDK's meter provider (otel=metrics); and
 // over the SDK's meter and tracer providers, sampling every call
-// (otel=metrics+traces: three spans per Consume). Besides ns/op, it
-// reports cpu-ns/op where Linux tells the CPU time of a thread, as the
-// root package's BenchmarkConsume does.
+// (otel=metrics+traces: two spans per Consume, the call's and its
+// store's). Besides ns/op, it reports cpu-ns/op where Linux tells the
+// CPU time of a thread, as the root package's BenchmarkConsume does.
 func BenchmarkConsume(b *testing.B) {
 	sampled := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithSpanProcessor(discard{}))
 	cases := []struct {
