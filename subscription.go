@@ -36,7 +36,9 @@ type Subscription struct {
 	// Version identifies this state of the subscription in its store.
 	// The Quota sets a new random positive Version whenever it writes a
 	// subscription (Subscribe, SchedulePlan); a Version passed to
-	// Subscribe is ignored. A store that is not Versioned returns 0.
+	// Subscribe is ignored. A store that is not Versioned returns 0. A
+	// subscription written to the store directly needs a new Version,
+	// or 0 (see Versioned).
 	// Version is not part of the JSON form: it belongs to the store's
 	// copy.
 	Version int64 `json:"-"`
