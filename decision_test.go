@@ -141,17 +141,26 @@ func TestConsumeAllocations(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocations are not counted under the race detector")
 	}
-	q, _ := newTestQuota(t, quota.Config{})
+	plans := append([]quota.Plan{{Name: "ALL", Limits: map[string][]quota.Limit{"api.call": {
+		quota.PerHour(quota.MaxAmount), quota.PerDay(quota.MaxAmount), quota.PerWeek(quota.MaxAmount),
+		quota.PerMonth(quota.MaxAmount), quota.PerYear(quota.MaxAmount),
+	}}}}, testPlans...)
+	q, _ := newTestQuota(t, quota.Config{Plans: plans})
 	ctx := context.Background()
 	subscribe(t, q, quota.Subscription{Subject: "alice", Plan: "PRO"})
-	u := quota.Use{Subject: "alice", Action: "procedure.view", Amount: 1}
+	subscribe(t, q, quota.Subscription{Subject: "bob", Plan: "ALL"})
 	var d quota.Decision
-	allocs := testing.AllocsPerRun(500, func() { d, _ = q.Consume(ctx, u) })
-	if allocs != 0 || !d.Allowed {
-		t.Errorf("Consume: %v allocations a use, allowed %v; want 0, true", allocs, d.Allowed)
+	for _, u := range []quota.Use{
+		{Subject: "alice", Action: "procedure.view", Amount: 1},
+		{Subject: "bob", Action: "api.call", Amount: 1}, // MaxLimits limits
+	} {
+		allocs := testing.AllocsPerRun(500, func() { d, _ = q.Consume(ctx, u) })
+		if allocs != 0 || !d.Allowed {
+			t.Errorf("Consume(%s): %v allocations a use, allowed %v; want 0, true", u.Action, allocs, d.Allowed)
+		}
 	}
 	var n int
-	allocs = testing.AllocsPerRun(100, func() {
+	allocs := testing.AllocsPerRun(100, func() {
 		for _, st := range d.Limits.All() {
 			n += int(st.Used)
 		}

@@ -63,16 +63,17 @@
 // # Plan changes
 //
 // After Subscribe or SchedulePlan returns, no use that Consume, Track or
-// Reserve applies is judged against the plan it replaced, whichever
-// Quota (in this process or another sharing the store) makes it. Over a
+// Reserve then makes is judged against the plan it replaced, whichever
+// Quota makes it, in this process or another sharing the store. Over a
 // store that versions subscriptions (Versioned: MemoryStore and SQLStore
-// are) a Quota
-// caches the subscriptions of the subjects it meters, at most 65,536,
-// and reads none per use: the store applies a use only if the
+// are) this holds for every use the store applies after the change, even
+// one that began before it: the store applies a use only if the
 // subscription it was judged against is still the one stored, and the
 // Quota otherwise reads the subscription again and judges the use again.
-// Check, Usage, HasFeature, Limits and the other readers read the
-// subscription from the store on every call.
+// Such a Quota caches the subscriptions of the subjects it meters, at
+// most 65,536, and reads none per use; over another store it reads the
+// subscription for every use. Check, Usage, HasFeature, Limits and the
+// other readers read the subscription from the store on every call.
 //
 // # Failures, cancellation and time bounds
 //
@@ -97,16 +98,16 @@
 // # Users and store authors
 //
 // Applications use New, Config, Quota and its methods, Plan and Limit
-// (PerMonth, Total, ...), Use, Decision, LimitStatus, Reservation,
-// Subscription, Report, SeriesQuery, TopQuery, HistoryQuery, Record,
-// Notification, the HTTP Middleware and UsageHandler with their options,
-// and the two stores: MemoryStore and SQLStore.
+// (PerMonth, Total, ...), Use, Decision, LimitStatus, LimitStatuses,
+// Reservation, Subscription, Report, SeriesQuery, TopQuery, HistoryQuery,
+// Record, Notification, the HTTP Middleware and UsageHandler with their
+// options, and the two stores: MemoryStore and SQLStore.
 //
 // Store authors implement Store, and optionally Summer, Ranker, Pruner,
 // Outbox, Sweeper and Versioned; they meet Op, CounterOp, CounterKey,
 // Counter, Crossing, Hold, ApplyResult, Notice, RecordQuery, SumQuery,
-// Sum and VersionNone, and may call Admit, the admission rule. Package quotatest is the
-// conformance suite every store passes.
+// Sum and VersionNone, and may call Admit, the admission rule. Package
+// quotatest is the conformance suite every store passes.
 //
 // # Stores
 //

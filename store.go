@@ -266,7 +266,11 @@ const VersionNone int64 = -1
 //
 // A subscription stored with Version 0 (written directly through
 // PutSubscription, or before the store kept versions) is never cached,
-// and uses judged against it carry Op.Version 0. A Store that is not
+// and uses judged against it carry Op.Version 0. A program that writes
+// subscriptions to a Versioned store itself, not through Subscribe or
+// SchedulePlan, must give each write a new Version, or 0: one that
+// keeps the Version it read leaves the Quotas that cached it judging
+// uses against the subscription it replaced. A Store that is not
 // Versioned is read for the subscription of every use, and gets
 // Op.Version 0 always.
 type Versioned interface {

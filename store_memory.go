@@ -129,7 +129,7 @@ func (s *MemoryStore) Apply(ctx context.Context, op *Op) (ApplyResult, error) {
 	if res, ok, err := s.replay(op); ok || err != nil {
 		return res, err
 	}
-	var csBuf [4]*memCounter
+	var csBuf [MaxLimits]*memCounter
 	cs, out := s.read(op, csBuf[:0])
 	refused, err := Admit(op, out)
 	if err != nil {

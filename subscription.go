@@ -36,7 +36,9 @@ type Subscription struct {
 	// Version identifies this state of the subscription in its store.
 	// The Quota sets a new random positive Version whenever it writes a
 	// subscription (Subscribe, SchedulePlan); a Version passed to
-	// Subscribe is ignored. A store that is not Versioned returns 0.
+	// Subscribe is ignored. A store that is not Versioned returns 0. A
+	// subscription written to the store directly needs a new Version,
+	// or 0 (see Versioned).
 	// Version is not part of the JSON form: it belongs to the store's
 	// copy.
 	Version int64 `json:"-"`
@@ -302,12 +304,11 @@ func (s *subscriber) counters(action string, limits []Limit, now time.Time) []Co
 // CounterKey.Less.
 func (s *subscriber) appendCounters(dst []CounterOp, action string, limits []Limit, now time.Time) []CounterOp {
 	for _, l := range limits {
-		start, end := s.windows.window(l.Period, now, s.sub.Anchor, s.loc)
-		dst = append(dst, CounterOp{
-			CounterKey: CounterKey{Subject: s.sub.Subject, Action: action, Period: l.Period, Start: start},
-			End:        end,
-			Max:        l.Max,
-		})
+		// In place, field by field: a CounterOp is over 100 bytes.
+		dst = append(dst, CounterOp{})
+		c := &dst[len(dst)-1]
+		c.Subject, c.Action, c.Period, c.Max = s.sub.Subject, action, l.Period, l.Max
+		c.Start, c.End = s.windows.window(l.Period, now, s.sub.Anchor, s.loc)
 	}
 	if s.q.notifier != nil {
 		for i := len(dst) - len(limits); i < len(dst); i++ {

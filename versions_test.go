@@ -3,6 +3,10 @@ package quota_test
 import (
 	"context"
 	"errors"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -114,4 +118,79 @@ func TestOpVersionDefaultPlan(t *testing.T) {
 func isVersioned(s quota.Store) bool {
 	v, ok := s.(quota.Versioned)
 	return ok && v.Versioned()
+}
+
+// TestPlanSwitchAppliedUses: over MemoryStore, which numbers records in
+// the order it applies uses, no use applied after a plan change returned
+// is judged against the plan it replaced, even one that began before it
+// (and was judged, first, against a cached plan).
+func TestPlanSwitchAppliedUses(t *testing.T) {
+	const plans, goroutines = 16, 6
+	ctx := context.Background()
+	store := quota.NewMemoryStore()
+	var cfg quota.Config
+	for i := range plans {
+		cfg.Plans = append(cfg.Plans, quota.Plan{Name: "P" + strconv.Itoa(i), Limits: map[string][]quota.Limit{"a": {quota.PerMonth(quota.Unlimited)}}})
+	}
+	admin, err := quota.New(store, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := quota.New(store, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subscribe(t, admin, quota.Subscription{Subject: "s", Plan: "P0"})
+
+	type use struct {
+		record int64
+		plan   int
+	}
+	var done atomic.Bool
+	var uses atomic.Int64
+	got := make([][]use, goroutines)
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			for !done.Load() {
+				d, err := app.Consume(ctx, quota.Use{Subject: "s", Action: "a", Amount: 1})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				p, _ := strconv.Atoi(strings.TrimPrefix(d.Plan, "P"))
+				got[g] = append(got[g], use{d.RecordID, p})
+				uses.Add(1)
+			}
+		})
+	}
+	// after[i] is the last record applied when the change to plan i
+	// returned: records after it were applied after the change.
+	after := make([]int64, plans)
+	for i := 1; i < plans; i++ {
+		for n := uses.Load(); uses.Load() < n+goroutines; {
+			runtime.Gosched()
+		}
+		subscribe(t, admin, quota.Subscription{Subject: "s", Plan: "P" + strconv.Itoa(i)})
+		last, err := store.Records(ctx, quota.RecordQuery{Descending: true, Limit: 1})
+		if err != nil || len(last) != 1 {
+			t.Fatalf("Records(last) = %v, %v", last, err)
+		}
+		after[i] = last[0].ID
+	}
+	done.Store(true)
+	wg.Wait()
+	bad := 0
+	for _, us := range got {
+		for _, u := range us {
+			for i := 1; i < plans; i++ {
+				if u.record > after[i] && u.plan < i {
+					if bad++; bad <= 5 {
+						t.Errorf("record %d, applied after the change to P%d returned (record %d), judged against P%d", u.record, i, after[i], u.plan)
+					}
+				}
+			}
+		}
+	}
+	t.Logf("%d uses during %d plan changes", uses.Load(), plans-1)
 }
