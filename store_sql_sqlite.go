@@ -106,7 +106,8 @@ WHERE subject = ? AND idempotency_key = ?`
 	s.marks
 FROM quota_summaries s
 WHERE s.subject = ?1 AND s.action = ?2 AND s.period = ?3 AND s.period_start = ?4 AND s.limit_max IS NOT NULL`
-	// sqliteCharge1 adds ?10 (0 for a hold) to the used of one counter
+	// sqliteCharge1 adds ?10 (0 for a hold) to the used of one counter,
+	// if the subscription is still the one ?13 names (sqliteVersionIs),
 	// and sets its limit_max to ?9 and its mark_amounts to ?12, if a use
 	// of ?6 fits: with ?7 the bound (Max if enforced, else MaxInt64),
 	// used + held + ?6 <= ?7 for ?6 > 0, used + ?6 >= 0 otherwise. The
@@ -117,11 +118,15 @@ WHERE s.subject = ?1 AND s.action = ?2 AND s.period = ?3 AND s.period_start = ?4
 	sqliteCharge1 = `INSERT INTO quota_summaries AS s (subject, action, period, period_start, period_end, used, limit_max, mark_amounts)
 SELECT ?1, ?2, ?3, ?4, ?5, ?11, ?9, ?12
 WHERE ?6 <= ?7 AND (?6 >= 0 OR EXISTS (SELECT 1 FROM quota_summaries
-	WHERE subject = ?1 AND action = ?2 AND period = ?3 AND period_start = ?4))
+	WHERE subject = ?1 AND action = ?2 AND period = ?3 AND period_start = ?4)) AND (` + sqliteVersionIs + `)
 ON CONFLICT (subject, action, period, period_start) DO UPDATE
 SET used = s.used + ?10, limit_max = excluded.limit_max, mark_amounts = excluded.mark_amounts
-WHERE CASE WHEN ?6 > 0 THEN s.used <= ?7 - ` + sqliteHeldOf + ` - ?6 ELSE s.used + ?6 >= 0 END
+WHERE CASE WHEN ?6 > 0 THEN s.used <= ?7 - ` + sqliteHeldOf + ` - ?6 ELSE s.used + ?6 >= 0 END AND (` + sqliteVersionIs + `)
 RETURNING used, ` + sqliteHeldOf + `, marks`
+	// sqliteVersionIs holds when the subscription of ?1 is the one that
+	// ?13 names (Op.Version, step 0): 0 for any, VersionNone for none.
+	sqliteVersionIs = `?13 = 0 OR (?13 = -1 AND NOT EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = ?1))
+	OR EXISTS (SELECT 1 FROM quota_subscriptions WHERE subject = ?1 AND version = ?13)`
 	// sqliteHeldOf is the held amount of counter ?1 to ?4 at ?8.
 	sqliteHeldOf = `(SELECT ifnull(sum(c.amount), 0) FROM quota_hold_counters c
 	WHERE c.subject = ?1 AND c.action = ?2 AND c.period = ?3 AND c.period_start = ?4 AND c.expires_at > ?8)`
@@ -548,7 +553,8 @@ type sqliteUse struct {
 // run performs the steps; it returns keep false to roll back, for a
 // replay or a refusal too.
 func (u *sqliteUse) run(ctx context.Context) (keep bool, err error) {
-	if err := u.checkVersion(ctx); err != nil {
+	checked, err := u.stepZero(ctx)
+	if err != nil {
 		return false, err
 	}
 	if replayed, err := u.lookupKey(ctx); err != nil || replayed {
@@ -557,7 +563,10 @@ func (u *sqliteUse) run(ctx context.Context) (keep bool, err error) {
 	// One counter (the usual case): one statement reads, admits and
 	// writes. Else, and when that statement refuses the use, the steps
 	// one by one.
-	charged, err := u.chargeOne(ctx)
+	charged, err := u.chargeOne(ctx, checked)
+	if err == nil && !checked {
+		err = u.afterCharge(ctx, charged)
+	}
 	if err != nil {
 		return false, err
 	}
@@ -587,6 +596,48 @@ func (u *sqliteUse) run(ctx context.Context) (keep bool, err error) {
 		return false, err
 	}
 	return true, u.rememberKey(ctx)
+}
+
+// stepZero performs step 0 of Op first, as Op orders, and reports
+// whether it did; but a use of one counter without a key (the usual
+// case) leaves it to the statement that charges the counter (chargeOne),
+// which then saves a statement.
+func (u *sqliteUse) stepZero(ctx context.Context) (checked bool, err error) {
+	checked, err = u.versionKnown()
+	if err != nil || checked || (u.op.Record.Key == "" && len(u.op.Counters) == 1) {
+		return checked, err
+	}
+	return true, u.checkVersion(ctx)
+}
+
+// afterCharge completes step 0 after a chargeOne that checked it: a
+// charge proves the version (the batch remembers it); no charge may be
+// for a changed subscription, which checkVersion tells.
+func (u *sqliteUse) afterCharge(ctx context.Context, charged bool) error {
+	if !charged {
+		return u.checkVersion(ctx)
+	}
+	if u.batch != nil {
+		u.batch.versions[u.op.Record.Subject] = u.op.Version
+	}
+	return nil
+}
+
+// versionKnown reports whether step 0 of Op is settled without a
+// statement: no version to check, or the subscription version that the
+// batch read before; the latter may refuse the use.
+func (u *sqliteUse) versionKnown() (bool, error) {
+	if u.op.Version == 0 {
+		return true, nil
+	}
+	if u.batch == nil {
+		return false, nil
+	}
+	v, ok := u.batch.versions[u.op.Record.Subject]
+	if ok && v != u.op.Version {
+		return false, fmt.Errorf("%w: %q", ErrSubscriptionChanged, u.op.Record.Subject)
+	}
+	return ok, nil
 }
 
 // checkVersion performs step 0 of Op: a use judged against another
@@ -656,12 +707,17 @@ func (u *sqliteUse) lookupKey(ctx context.Context) (replayed bool, err error) {
 }
 
 // chargeOne charges the counter of a use of one counter, in one
-// statement, if the use fits it, and reads the counter as it was before
+// statement, if the use fits it (and, unless checked, if step 0 of Op
+// passes), and reads the counter as it was before
 // into cs and marks. It writes nothing, and returns charged false, when
 // the use does not fit or has not one counter.
-func (u *sqliteUse) chargeOne(ctx context.Context) (charged bool, err error) {
+func (u *sqliteUse) chargeOne(ctx context.Context, checked bool) (charged bool, err error) {
 	if len(u.op.Counters) != 1 {
 		return false, nil
+	}
+	version := u.op.Version
+	if checked {
+		version = 0
 	}
 	c := &u.op.Counters[0]
 	bound := int64(math.MaxInt64)
@@ -671,7 +727,7 @@ func (u *sqliteUse) chargeOne(ctx context.Context) (charged bool, err error) {
 	charge := u.charge()
 	var used, held, mk int64
 	err = u.q.QueryRowContext(ctx, sqliteCharge1, c.Subject, c.Action, c.Period.String(), u.d.tv(c.Start), u.d.tv(c.End),
-		u.op.Record.Amount, bound, u.now, c.Max, charge, max(charge, 0), sqliteMarks(c.Marks)).Scan(&used, &held, &mk)
+		u.op.Record.Amount, bound, u.now, c.Max, charge, max(charge, 0), sqliteMarks(c.Marks), version).Scan(&used, &held, &mk)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return false, nil

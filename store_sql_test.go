@@ -174,6 +174,9 @@ func newQuota(t testing.TB, st quota.Store, cfg quota.Config) *quota.Quota {
 	if err != nil {
 		t.Fatalf("quota.New: %v", err)
 	}
+	// Closed before the database (cleanups run last first), so that its
+	// janitor never meets a closed database.
+	t.Cleanup(func() { q.Close() })
 	return q
 }
 
