@@ -256,10 +256,9 @@ func WithMaxRetryAfter(d time.Duration) MiddlewareOption {
 // result, or 409 while that one is still running, rather than do the work
 // again, which would go uncharged. The middleware commits a replay on
 // success and never cancels one (see Middleware, step 6). A first
-// request that failed (its hold cancelled) or expired keeps its key: a
-// retry with that key is a replay whose commit finds nothing to commit,
-// so it is not charged either; a client that failed should retry with a
-// new key.
+// request that failed (its hold cancelled), or whose hold expired before
+// it was committed, used nothing: a retry with its key is a new use,
+// charged when it succeeds.
 func WithIdempotencyKeyHeader(name string) MiddlewareOption {
 	if name == "" {
 		panic("quota: WithIdempotencyKeyHeader: empty header name")

@@ -199,22 +199,35 @@ func TestMiddlewareKeyHeaderInFlight(t *testing.T) {
 	}
 }
 
-// TestMiddlewareKeyHeaderAfterFailure pins what
-// WithIdempotencyKeyHeader documents: the store keeps a key once its
-// hold is cancelled, so a retry with it replays a hold that is gone and
-// is not charged; the handler must answer with the first result.
+// TestMiddlewareKeyHeaderAfterFailure: a request whose hold was cancelled
+// (the handler failed) used nothing, so a retry with its key is a new
+// use, charged once when it succeeds, and replayed after that. (The
+// store kept such a key, and the retry replayed a hold that was gone: it
+// was not charged.)
 func TestMiddlewareKeyHeaderAfterFailure(t *testing.T) {
 	q := mwQuota(t, quota.NewMemoryStore())
 	var hooked hookLog
 	status := http.StatusInternalServerError
+	var replays []bool
 	h := quota.Middleware(q, "ai.analysis", mwSubject,
 		quota.WithIdempotencyKeyHeader("Idempotency-Key"), quota.WithErrorHook(hooked.hook),
-	)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(status) }))
+	)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d, _ := quota.FromContext(r.Context())
+		replays = append(replays, d.Replayed)
+		w.WriteHeader(status)
+	}))
 	keyed(h, "/", "alice", "k1")
 	status = http.StatusCreated
 	keyed(h, "/", "alice", "k1")
-	if got := mwUsed(t, q, "alice", "ai.analysis"); got != 0 {
-		t.Errorf("ledger holds %d; want 0", got)
+	if got := mwUsed(t, q, "alice", "ai.analysis"); got != 1 {
+		t.Errorf("ledger holds %d after a failed request and its retry; want 1", got)
+	}
+	keyed(h, "/", "alice", "k1")
+	if got := mwUsed(t, q, "alice", "ai.analysis"); got != 1 {
+		t.Errorf("ledger holds %d after a replay of the retry; want 1", got)
+	}
+	if diff := cmp.Diff([]bool{false, false, true}, replays); diff != "" {
+		t.Errorf("Decision.Replayed of the three requests (-want +got):\n%s", diff)
 	}
 	if hooked.len() != 0 {
 		t.Errorf("error hook got %v", hooked.errs)

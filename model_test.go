@@ -923,6 +923,7 @@ type mHold struct {
 	at, expires         time.Time
 	counters            []mCounter
 	gone                bool // committed, cancelled, or removed expired
+	committed           bool
 }
 
 type mSub struct {
@@ -1073,6 +1074,7 @@ func (m *model) expectUse(mode string, u quota.Use, meta int) useExpect {
 
 	// Idempotency before policy.
 	if u.Key != "" && mode != "check" {
+		m.releaseKey(u.Subject, u.Key)
 		if o := m.keys[[2]string{u.Subject, u.Key}]; o != nil {
 			if o.payload != (mPayload{mode, u.Action, u.Amount, u.ResourceID, meta}) {
 				return useExpect{conflict: true, first: o}
@@ -1176,6 +1178,19 @@ type settleExpect struct {
 	after func()        // the model's effects, once the outcome matched
 }
 
+// releaseKey forgets the key of subject whose first use was a hold that
+// was cancelled, or expired, uncommitted: it was never used, and the next
+// use of the key claims it anew.
+func (m *model) releaseKey(subject, key string) {
+	o := m.keys[[2]string{subject, key}]
+	if o == nil || o.holdID == "" {
+		return
+	}
+	if h := m.holds[o.holdID]; h != nil && !h.committed && (h.gone || !h.expires.After(m.now)) {
+		delete(m.keys, [2]string{subject, key})
+	}
+}
+
 // swept reports whether the store may have removed h, expired, already.
 func (m *model) swept(h *mHold) bool {
 	t, ok := m.touched[[2]string{h.subject, h.action}]
@@ -1196,7 +1211,7 @@ func (m *model) expectCommit(id string, amount int64) settleExpect {
 	}
 	r := m.record(h.subject, h.action, amount, h.resource, h.meta, h.key, h.at)
 	return settleExpect{rec: &r, after: func() {
-		h.gone = true
+		h.gone, h.committed = true, true
 		for _, c := range h.counters {
 			m.used[c] += amount
 		}

@@ -192,7 +192,9 @@ type Outbox interface {
 //     first use's ApplyResult (its counters as they stood after it, in
 //     its windows; its RecordID, or its HoldID and HoldExpiresAt) with
 //     Replayed set. Nothing is written. A refused use does not claim
-//     its key.
+//     its key, and neither does a hold that was cancelled, or that
+//     expired (at Now) without being committed: the next use of its key
+//     is applied as a new one. A hold that was committed keeps its key.
 //  2. The admission rule, which Admit implements: for every counter,
 //     with a = Record.Amount, used = Used and cur = Used + Held
 //     (unexpired holds at Now): the use is refused if Enforce is set,

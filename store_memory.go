@@ -61,6 +61,9 @@ type memOutcome struct {
 	recordID    int64
 	holdID      string
 	holdExpires time.Time
+	// settled reports that the hold of the outcome was committed: the
+	// key stays claimed after its hold is gone.
+	settled bool
 }
 
 type memHold struct {
@@ -182,9 +185,18 @@ func (s *MemoryStore) replay(op *Op) (ApplyResult, bool, error) {
 	if r.Key == "" {
 		return ApplyResult{}, false, nil
 	}
-	o, ok := s.keys[memKey{r.Subject, r.Key}]
+	k := memKey{r.Subject, r.Key}
+	o, ok := s.keys[k]
 	if !ok {
 		return ApplyResult{}, false, nil
+	}
+	if o.holdID != "" && !o.settled {
+		// A key whose hold was cancelled or expired uncommitted was
+		// never used: it is claimed anew.
+		if h := s.holds[o.holdID]; h == nil || !h.expires.After(op.Now) {
+			delete(s.keys, k)
+			return ApplyResult{}, false, nil
+		}
 	}
 	if o.fingerprint != op.Fingerprint {
 		return ApplyResult{}, false, ErrIdempotencyConflict
@@ -299,6 +311,11 @@ func (s *MemoryStore) Commit(ctx context.Context, id string, amount int64, now t
 	}
 	s.dropHold(h)
 	delete(s.holds, id)
+	if h.record.Key != "" {
+		if o := s.keys[memKey{h.record.Subject, h.record.Key}]; o != nil && o.holdID == id {
+			o.settled = true
+		}
+	}
 	for _, c := range h.counters {
 		c.used += amount
 		s.mark(c, h.record.Time)

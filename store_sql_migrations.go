@@ -84,7 +84,8 @@ import (
 //	GRANT EXECUTE ON FUNCTION
 //	    quota.quota_use, quota.quota_apply, quota.quota_commit,
 //	    quota.quota_batch, quota.quota_replay, quota.quota_decide,
-//	    quota.quota_create_counters, quota.quota_period_rank
+//	    quota.quota_create_counters, quota.quota_period_rank,
+//	    quota.quota_release_key
 //	    TO app;
 //
 // The app's connections find the tables through their search_path (with

@@ -85,8 +85,12 @@ func (*pgDialect) text() *sqlText { return &pgText }
 const (
 	pgApply = `SELECT o_status, o_record_id, o_hold_id, o_used::text, o_held::text, o_limits::text, o_replay::text, o_action, o_hold_expires, o_crossed::text
 FROM quota_use($18, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`
-	pgCommit = `SELECT o_status, o_id, o_subject, o_action, o_amount, o_resource_id, o_metadata, o_key, o_time
-FROM quota_commit($1, $2, $3)`
+	// pgCommit commits, and marks the key of the hold settled (see
+	// migrations/pg/0007).
+	pgCommit = `WITH c AS (SELECT * FROM quota_commit($1, $2, $3)),
+k AS (UPDATE quota_idempotency_keys k SET settled = true FROM c
+	WHERE c.o_status = 'committed' AND k.subject = c.o_subject AND k.idempotency_key = c.o_key AND k.hold_id = $1)
+SELECT o_status, o_id, o_subject, o_action, o_amount, o_resource_id, o_metadata, o_key, o_time FROM c`
 	pgBatch = `SELECT o_i, o_status, o_record_id, o_hold_id, o_used, o_held, o_limits, o_replay, o_action, o_hold_expires, o_crossed,
 	o_subject, o_amount, o_resource_id, o_metadata, o_key, o_time
 FROM quota_batch($1::jsonb)`

@@ -96,7 +96,14 @@ func (*sqliteDialect) text() *sqlText { return &sqliteText }
 const (
 	sqliteClaimKey = `INSERT INTO quota_idempotency_keys (subject, idempotency_key, fingerprint, action, created_at)
 VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`
-	sqliteReadKey = `SELECT fingerprint, action, record_id, hold_id, hold_expires_at, counters
+	// sqliteReleaseKey releases the key ?1, ?2 when its hold was
+	// cancelled or expired (at ?3) uncommitted.
+	sqliteReleaseKey = `DELETE FROM quota_idempotency_keys
+WHERE subject = ?1 AND idempotency_key = ?2 AND hold_id IS NOT NULL AND settled = 0
+  AND NOT EXISTS (SELECT 1 FROM quota_holds h WHERE h.id = quota_idempotency_keys.hold_id AND h.expires_at > ?3)`
+	// sqliteSettleKey marks the key of a committed hold ?3.
+	sqliteSettleKey = `UPDATE quota_idempotency_keys SET settled = 1 WHERE subject = ? AND idempotency_key = ? AND hold_id = ?`
+	sqliteReadKey   = `SELECT fingerprint, action, record_id, hold_id, hold_expires_at, counters
 FROM quota_idempotency_keys WHERE subject = ? AND idempotency_key = ?`
 	sqliteUpdateKey = `UPDATE quota_idempotency_keys SET record_id = ?, hold_id = ?, hold_expires_at = ?, counters = ?
 WHERE subject = ? AND idempotency_key = ?`
@@ -197,7 +204,8 @@ var sqliteWrites = func() []string {
 	qs := []string{sqliteClaimKey, sqliteReadKey, sqliteUpdateKey, sqliteCounter, sqliteCharge1, sqliteInsertRecord,
 		sqliteSweepLinks, sqliteSweepHolds, sqliteInsertHold, sqliteTakeLinks, sqliteTakeHold,
 		sqliteChargeUsed, sqliteDropLinks, sqliteDropHold, sqliteMark, sqliteInsertNotice, sqliteClaim,
-		sqliteSweepExpiredLinks, sqliteSweepExpired, sqliteSavepoint, sqliteRollbackTo, sqliteRelease, sqliteSubscriptionVersion}
+		sqliteSweepExpiredLinks, sqliteSweepExpired, sqliteSavepoint, sqliteRollbackTo, sqliteRelease, sqliteSubscriptionVersion,
+		sqliteReleaseKey, sqliteSettleKey}
 	qs = append(qs, sqliteRecordsSQL[:]...)
 	for n := 1; n < 5; n++ {
 		qs = append(qs, sqliteCharges[n], sqliteLinks[n], sqliteCountersN[n])
@@ -687,6 +695,9 @@ func (u *sqliteUse) lookupKey(ctx context.Context) (replayed bool, err error) {
 	if r.Key == "" {
 		return false, nil
 	}
+	if _, err := u.q.ExecContext(ctx, sqliteReleaseKey, r.Subject, r.Key, u.now); err != nil {
+		return false, err
+	}
 	k, err := u.q.ExecContext(ctx, sqliteClaimKey, r.Subject, r.Key, u.op.Fingerprint, r.Action, u.now)
 	if err != nil {
 		return false, err
@@ -921,6 +932,9 @@ func (d *sqliteDialect) commitIn(ctx context.Context, q sqlQuerier, id string, a
 	ins, err := q.ExecContext(ctx, sqliteInsertRecord, rec.Subject, rec.Action, amount, resource, meta, key, d.tv(rec.Time))
 	if err == nil {
 		rec.ID, err = ins.LastInsertId()
+	}
+	if err == nil && key.Valid && key.String != "" {
+		_, err = q.ExecContext(ctx, sqliteSettleKey, rec.Subject, key.String, id)
 	}
 	if err != nil {
 		return false, Record{}, nil, err

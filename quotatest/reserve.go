@@ -35,6 +35,7 @@ func testReservations(t *testing.T, s *suite) {
 
 	t.Run("Expiry", r.testExpiry)
 	t.Run("Key", r.testKey)
+	t.Run("KeyAfterHold", r.testKeyAfterHold)
 	t.Run("Concurrent", r.testConcurrent)
 }
 
@@ -254,6 +255,59 @@ func (r *reserveCase) testKey(t *testing.T) {
 		t.Errorf("records (-committed +stored):\n%s", diff)
 	}
 	wantErr(t, "Commit() of the first Reservation", second(r1.Commit(e.ctx)), quota.ErrReservationNotFound)
+}
+
+// testKeyAfterHold: a key whose hold was cancelled, or expired
+// uncommitted (committed too late, swept or not), was never used: the
+// next use of the key is a new use. A key whose hold was committed stays
+// used: the next use is a replay.
+func (r *reserveCase) testKeyAfterHold(t *testing.T) {
+	e, q := r.e, r.q
+	const ttl = 5 * time.Minute
+	subj := e.name("rekey")
+	e.subscribe(t, q, subj, "P")
+	reserve := func(key string) *quota.Reservation {
+		t.Helper()
+		res, err := q.Reserve(e.ctx, quota.Use{Subject: subj, Action: reserveAction, Amount: 1, Key: key})
+		if err != nil || !res.Decision.Allowed {
+			t.Fatalf("Reserve(key %q) = %+v, %v", key, res, err)
+		}
+		return res
+	}
+	fresh := func(when string, first *quota.Reservation, key string) *quota.Reservation {
+		t.Helper()
+		again := reserve(key)
+		if again.Decision.Replayed || again.ID == first.ID {
+			t.Errorf("Reserve(key %q) %s = {Replayed %v, ID %q}; want a new use, not the first (%q)", key, when, again.Decision.Replayed, again.ID, first.ID)
+		}
+		return again
+	}
+
+	cancelled := reserve("cancelled")
+	if err := cancelled.Cancel(e.ctx); err != nil {
+		t.Fatalf("Cancel() = %v", err)
+	}
+	fresh("after its hold was cancelled", cancelled, "cancelled")
+
+	committed := reserve("committed")
+	if _, err := committed.Commit(e.ctx); err != nil {
+		t.Fatalf("Commit() = %v", err)
+	}
+	if again := reserve("committed"); !again.Decision.Replayed || again.ID != committed.ID {
+		t.Errorf("Reserve(key) after its hold was committed = {Replayed %v, ID %q}; want a replay of %q", again.Decision.Replayed, again.ID, committed.ID)
+	}
+
+	late := reserve("late")
+	expired := reserve("expired")
+	e.clock.Add(ttl + time.Second)
+	if err := second(late.Commit(e.ctx)); !errors.Is(err, quota.ErrReservationExpired) && !errors.Is(err, quota.ErrReservationNotFound) {
+		t.Errorf("Commit() after the TTL = %v; want ErrReservationExpired or ErrReservationNotFound", err)
+	}
+	fresh("after its commit came too late", late, "late")
+	fresh("after its hold expired", expired, "expired")
+	if c := e.counters(t, monthOf(subj, reserveAction).key)[0]; c.Used != 1 || c.Held != 2 {
+		t.Errorf("counter after the new uses: {Used %d, Held %d}; want {Used 1, Held 2}", c.Used, c.Held)
+	}
 }
 
 func (r *reserveCase) testConcurrent(t *testing.T) {

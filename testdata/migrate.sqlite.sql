@@ -36,7 +36,7 @@ CREATE TABLE quota_idempotency_keys (
     hold_id         TEXT,
     hold_expires_at INTEGER,
     counters        TEXT,
-    created_at      INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL, settled INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (subject, idempotency_key)
 ) STRICT, WITHOUT ROWID;
 

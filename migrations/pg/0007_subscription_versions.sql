@@ -19,6 +19,19 @@
 -- 0006 as they go, without locking them twice.
 ALTER TABLE quota_subscriptions ADD COLUMN version bigint NOT NULL DEFAULT 0;
 
+-- A key whose hold was committed stays claimed once the hold is gone
+-- (settled, which quota_batch and SQLStore's commit set); one whose hold
+-- was cancelled, or expired uncommitted, is claimed anew by the next use
+-- of the key: quota_use and quota_batch release it first
+-- (quota_release_key).
+ALTER TABLE quota_idempotency_keys ADD COLUMN settled boolean NOT NULL DEFAULT false;
+
+CREATE FUNCTION quota_release_key(p_subject text, p_key text, p_now timestamptz) RETURNS void LANGUAGE sql AS $fn$
+    DELETE FROM quota_idempotency_keys k
+     WHERE k.subject = p_subject AND k.idempotency_key = p_key AND k.hold_id IS NOT NULL AND NOT k.settled
+       AND NOT EXISTS (SELECT 1 FROM quota_holds h WHERE h.id = k.hold_id AND h.expires_at > p_now)
+$fn$;
+
 CREATE FUNCTION quota_use(
     p_version      bigint,
     p_subject      text,
@@ -56,6 +69,9 @@ BEGIN
                            END) THEN
         o_status := 'stale';
         RETURN;
+    END IF;
+    IF p_key IS NOT NULL THEN
+        PERFORM quota_release_key(p_subject, p_key, p_now);
     END IF;
     SELECT * INTO o_status, o_record_id, o_hold_id, o_used, o_held, o_limits, o_replay, o_action, o_hold_expires, o_crossed
       FROM quota_apply(p_subject, p_action, p_periods, p_starts, p_ends, p_maxes, p_amount, p_enforce, p_now, p_time,
@@ -136,6 +152,9 @@ BEGIN
                                            END) THEN
                 o_status := 'stale';
             ELSE
+                IF v_op.key IS NOT NULL THEN
+                    PERFORM quota_release_key(v_op.s, v_op.key, v_op.now);
+                END IF;
                 SELECT * INTO v_a FROM quota_apply(v_op.s, v_op.a, v_op.p, v_op.st, v_op.en, v_op.mx, v_op.n,
                     coalesce(v_op.f, false), v_op.now, v_op.t, v_op.r, v_op.m, v_op.key, v_op.fp, v_op.h, v_op.he, v_op.mk);
                 o_status := v_a.o_status;
@@ -160,6 +179,10 @@ BEGIN
             o_metadata := v_c.o_metadata;
             o_key := v_c.o_key;
             o_time := v_c.o_time;
+            IF v_c.o_status = 'committed' AND v_c.o_key IS NOT NULL THEN
+                UPDATE quota_idempotency_keys SET settled = true
+                 WHERE subject = v_c.o_subject AND idempotency_key = v_c.o_key AND hold_id = v_op.id;
+            END IF;
         WHEN 'cancel' THEN
             DELETE FROM quota_holds WHERE id = v_op.id;
             GET DIAGNOSTICS v_n = ROW_COUNT;
