@@ -235,3 +235,13 @@ type unprefixed struct{ err error }
 
 func (e unprefixed) Error() string { return strings.TrimPrefix(e.err.Error(), "quota: ") }
 func (e unprefixed) Unwrap() error { return e.err }
+
+// isAny reports whether err matches one of targets (errors.Is).
+func isAny(err error, targets ...error) bool {
+	for _, t := range targets {
+		if errors.Is(err, t) {
+			return true
+		}
+	}
+	return false
+}

@@ -140,10 +140,5 @@ func (q *Quota) logError(err error) {
 // still have been applied: a failure of the store or a cancelled context,
 // not one of the store's answers.
 func mayHaveApplied(err error) bool {
-	for _, answer := range []error{ErrIdempotencyConflict, ErrOverflow, ErrClosed, ErrNoSubscription, ErrSubscriptionChanged} {
-		if errors.Is(err, answer) {
-			return false
-		}
-	}
-	return true
+	return !isAny(err, ErrIdempotencyConflict, ErrOverflow, ErrClosed, ErrNoSubscription, ErrSubscriptionChanged)
 }

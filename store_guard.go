@@ -62,10 +62,8 @@ func (g guardedStore) fail(ctx context.Context, err error) error {
 	if err == nil || ctx.Err() != nil {
 		return err
 	}
-	for _, e := range contractErrors {
-		if errors.Is(err, e) {
-			return err
-		}
+	if isAny(err, contractErrors...) {
+		return err
 	}
 	return wrapf("%w: %w", ErrStoreUnavailable, err)
 }

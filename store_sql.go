@@ -424,12 +424,9 @@ func (s *SQLStore) writer(ctx context.Context) (done func(), err error) {
 // fail wraps err from operation op. An error caused by the cancellation of
 // ctx becomes ctx.Err(), whatever the driver made of it.
 func (s *SQLStore) fail(ctx context.Context, op string, err error) error {
-	for _, e := range []error{ErrOverflow, ErrIdempotencyConflict, ErrReservationNotFound, ErrReservationExpired, ErrNoSubscription, ErrInvalidAmount, ErrSubscriptionChanged, ErrClosed, ErrNilContext, context.Canceled, context.DeadlineExceeded} {
-		if errors.Is(err, e) {
-			return fmt.Errorf("quota: sql %s: %w", op, err)
-		}
-	}
-	if ctx != nil && ctx.Err() != nil {
+	known := isAny(err, ErrOverflow, ErrIdempotencyConflict, ErrReservationNotFound, ErrReservationExpired, ErrNoSubscription,
+		ErrInvalidAmount, ErrSubscriptionChanged, ErrClosed, ErrNilContext, context.Canceled, context.DeadlineExceeded)
+	if !known && ctx != nil && ctx.Err() != nil {
 		return fmt.Errorf("quota: sql %s: %w", op, ctx.Err())
 	}
 	return fmt.Errorf("quota: sql %s: %w", op, err)

@@ -311,12 +311,7 @@ func (s *SQLStore) run(c *sqlCall) {
 // call's own outcome rather than a failure of the batch: the batch goes
 // on without that call's writes.
 func isOutcome(err error) bool {
-	for _, e := range []error{ErrOverflow, ErrIdempotencyConflict, ErrReservationNotFound, ErrReservationExpired, ErrInvalidAmount, ErrSubscriptionChanged} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
+	return isAny(err, ErrOverflow, ErrIdempotencyConflict, ErrReservationNotFound, ErrReservationExpired, ErrInvalidAmount, ErrSubscriptionChanged)
 }
 
 // sqlStater is the error of a driver that reports an SQLSTATE, as pgx's

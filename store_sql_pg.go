@@ -162,25 +162,11 @@ func (d *pgDialect) apply(ctx context.Context, op *Op) (ApplyResult, error) {
 	return row.result(op)
 }
 
-// applyArgs returns the arguments of quota_apply for op, the counters as
-// arrays, one element per counter (the same number of marks per counter).
+// applyArgs returns the arguments of quota_use for op: those of
+// quota_apply, then op.Version.
 func (d *pgDialect) applyArgs(op *Op) []any {
 	r := &op.Record
-	n := len(op.Counters)
-	periods := make([]string, n)
-	starts := make([]time.Time, n)
-	ends := make([]time.Time, n)
-	maxes := make([]int64, n)
-	// The marks, as many per counter: padded with 0, which marks nothing.
-	w := 0
-	for _, c := range op.Counters {
-		w = max(w, min(len(c.Marks), MaxMarks))
-	}
-	marks := make([]int64, w*n)
-	for i, c := range op.Counters {
-		periods[i], starts[i], ends[i], maxes[i] = c.Period.String(), c.Start, c.End, c.Max
-		copy(marks[i*w:(i+1)*w], c.Marks)
-	}
+	periods, starts, ends, maxes, marks := pgCounterArrays(op.Counters)
 	var holdID, holdExpires any
 	if op.Hold != nil {
 		holdID, holdExpires = op.Hold.ID, d.tv(op.Hold.ExpiresAt)
@@ -190,10 +176,32 @@ func (d *pgDialect) applyArgs(op *Op) []any {
 		fingerprint = op.Fingerprint
 	}
 	return []any{
-		r.Subject, r.Action, pgTextArray(periods), pgTimeArray(starts), pgTimeArray(ends), pgIntArray(maxes),
+		r.Subject, r.Action, periods, starts, ends, maxes,
 		r.Amount, op.Enforce, d.tv(op.Now), d.tv(r.Time), nullString(r.ResourceID), nullJSON(r.Metadata),
-		nullString(r.Key), fingerprint, holdID, holdExpires, pgIntArray(marks), op.Version,
+		nullString(r.Key), fingerprint, holdID, holdExpires, marks, op.Version,
 	}
+}
+
+// pgCounterArrays returns the counters of an Op as quota_apply takes
+// them: arrays of periods, starts, ends and maxes, one element per
+// counter, and the marks, as many per counter (padded with 0, which
+// marks nothing).
+func pgCounterArrays(cs []CounterOp) (periods, starts, ends, maxes, marks string) {
+	n := len(cs)
+	ps := make([]string, n)
+	ss := make([]time.Time, n)
+	es := make([]time.Time, n)
+	ms := make([]int64, n)
+	w := 0
+	for _, c := range cs {
+		w = max(w, min(len(c.Marks), MaxMarks))
+	}
+	mk := make([]int64, w*n)
+	for i, c := range cs {
+		ps[i], ss[i], es[i], ms[i] = c.Period.String(), c.Start, c.End, c.Max
+		copy(mk[i*w:(i+1)*w], c.Marks)
+	}
+	return pgTextArray(ps), pgTimeArray(ss), pgTimeArray(es), pgIntArray(ms), pgIntArray(mk)
 }
 
 // pgApplyRow is the row quota_apply returns; arrays in their text form.
@@ -487,24 +495,27 @@ func (d *pgDialect) batchArg(calls []*sqlCall) (string, error) {
 // batchApply returns the call of quota_apply for op, with the arguments
 // of applyArgs.
 func (d *pgDialect) batchApply(op *Op) pgBatchCall {
-	args := d.applyArgs(op)
-	str := func(v any) *string {
-		if s, ok := v.(string); ok {
-			return &s
+	r := &op.Record
+	orNil := func(s string) *string {
+		if s == "" {
+			return nil
 		}
-		return nil
+		return &s
 	}
-	call := pgBatchCall{Kind: "apply", Subject: args[0].(string), Action: args[1].(string), Periods: args[2].(string),
-		Starts: args[3].(string), Ends: args[4].(string), Maxes: args[5].(string), Amount: args[6].(int64),
-		Enforce: args[7].(bool), Now: pgTime(op.Now), Time: pgTime(op.Record.Time), ResourceID: str(args[10]),
-		Metadata: str(args[11]), Key: str(args[12]), Fingerprint: str(args[13]), HoldID: str(args[14]), Marks: args[16].(string), Version: op.Version}
+	call := pgBatchCall{Kind: "apply", Subject: r.Subject, Action: r.Action, Amount: r.Amount, Enforce: op.Enforce,
+		Now: pgTime(op.Now), Time: pgTime(r.Time), ResourceID: orNil(r.ResourceID), Metadata: orNil(string(r.Metadata)),
+		Key: orNil(r.Key), Version: op.Version}
+	call.Periods, call.Starts, call.Ends, call.Maxes, call.Marks = pgCounterArrays(op.Counters)
+	if r.Key != "" {
+		call.Fingerprint = &op.Fingerprint
+	}
 	if op.Hold != nil {
-		call.HoldExpires = pgTime(op.Hold.ExpiresAt)
+		call.HoldID, call.HoldExpires = &op.Hold.ID, pgTime(op.Hold.ExpiresAt)
 	}
 	return call
 }
 
-// pgTime is t as quota_batch reads a time.
+// pgTime is t as quota_batch and the time arrays carry it.
 func pgTime(t time.Time) string {
 	return t.UTC().Truncate(time.Microsecond).Format("2006-01-02T15:04:05.999999Z")
 }
@@ -593,7 +604,7 @@ func pgTextArray(ss []string) string {
 func pgTimeArray(ts []time.Time) string {
 	ss := make([]string, len(ts))
 	for i, t := range ts {
-		ss[i] = t.UTC().Truncate(time.Microsecond).Format("2006-01-02T15:04:05.999999Z")
+		ss[i] = pgTime(t)
 	}
 	return pgTextArray(ss)
 }
